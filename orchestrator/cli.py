@@ -1,0 +1,92 @@
+"""The ``affsweep`` command line (DESIGN "CLI"). ``python -m orchestrator`` is the same."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="affsweep", description="Controlled multi-seed affect-recognition studies.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a sweep YAML with Ray Tune")
+    run.add_argument("sweep", help="sweep YAML")
+    run.add_argument("--dry-run", action="store_true", help="print the grid, resources and analysis plan; run nothing")
+    run.add_argument("--resume", action="store_true", help="resume an interrupted sweep (finished trials are skipped)")
+    run.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
+    run.add_argument("--storage", default=None, help="override the sweep's storage directory")
+
+    train = sub.add_parser("train", help="run one trial without Ray")
+    train.add_argument("config", help="trial YAML (a TrialConfig)")
+    train.add_argument("--out", default=None, help="trial directory (default: runs/trials/<trial_id>)")
+    train.add_argument("--no-progress", action="store_true")
+
+    analyze = sub.add_parser("analyze", help="paired statistics, tables, figures and report of a sweep")
+    analyze.add_argument("source", help="sweep directory, results file, or sweep name (with --tracking-uri)")
+    analyze.add_argument("--out", default=None)
+    analyze.add_argument("--tracking-uri", default=None)
+
+    status = sub.add_parser("status", help="done / running / failed / pending per condition")
+    status.add_argument("sweep", help="sweep YAML or sweep directory")
+    status.add_argument("--storage", default=None)
+
+    data = sub.add_parser("data", help="dataset utilities")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    synth = dsub.add_parser("synth", help="draw the synthetic world and save a preview / index")
+    synth.add_argument("--preset", default="affwild2_like")
+    synth.add_argument("--n", type=int, default=64)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--image-size", type=int, default=64)
+    synth.add_argument("--separability", type=float, default=None)
+    synth.add_argument("--out", default="synthetic_preview.png")
+    cache = dsub.add_parser("cache", help="decode and resize a dataset once into a uint8 memory-map")
+    cache.add_argument("root")
+    cache.add_argument("--dataset", required=True, choices=["affwild2", "affectnet", "rafdb"])
+    cache.add_argument("--image-size", type=int, default=112)
+    cache.add_argument("--cache-dir", default="~/.cache/affsweep")
+    cache.add_argument("--split", default="all", choices=["train", "val", "all"])
+    check = dsub.add_parser("check", help="counts, validity, unreadable images, split overlap")
+    check.add_argument("root")
+    check.add_argument("--dataset", required=True, choices=["affwild2", "affectnet", "rafdb"])
+
+    bench = sub.add_parser("bench", help="trainer throughput against a model-only loop")
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        from orchestrator.train_cmd import main as train_main
+
+        return train_main(args)
+    if args.command == "run":
+        from orchestrator.driver import main as run_main
+
+        return run_main(args)
+    if args.command == "status":
+        from orchestrator.status import main as status_main
+
+        return status_main(args)
+    if args.command == "analyze":
+        from analysis.report import main as analyze_main
+
+        argv2 = [args.source] + (["--out", args.out] if args.out else []) + (
+            ["--tracking-uri", args.tracking_uri] if args.tracking_uri else [])
+        return analyze_main(argv2)
+    if args.command == "data":
+        from orchestrator.data_cmd import main as data_main
+
+        return data_main(args)
+    if args.command == "bench":
+        import runpy
+
+        sys.argv = ["throughput", *args.args]
+        runpy.run_path("benchmarks/throughput.py", run_name="__main__")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""The fully resolved configuration of one trial (DESIGN "One trial").
+
+A ``TrialConfig`` is what a sweep's grid point expands to and what ``affsweep train`` reads. Its
+``trial_id`` is a short hash of the canonical JSON of the fields that define the experiment — not of
+paths, devices or worker counts — so the same grid point always has the same id.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainers.data.labels import LABEL_SPACES
+
+COST_VARIANTS = ("none", "circumplex", "permuted", "uniform", "instance", "gaussian_w2", "va_au", "imported")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Strict):
+    name: Literal["synthetic", "affwild2", "affectnet", "rafdb"] = "synthetic"
+    preset: str = "affwild2_like"        # synthetic only
+    n: int = Field(3000, ge=50)          # synthetic only: frames drawn
+    seed: int = 0                        # synthetic only: the world is the same for every trial seed
+    separability: float | None = Field(None, ge=0.0, le=1.0)  # synthetic only
+    root: str | None = None              # real datasets; environment variables are expanded
+    image_size: int = Field(64, ge=16)
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)  # synthetic only: fraction of groups held out
+    every_k: int = Field(1, ge=1)        # Aff-Wild2 frame subsampling
+    crop_faces: bool = False             # AffectNet face-box crop
+    cache: bool = False                  # read the decoded uint8 cache instead of JPEGs
+    cache_dir: str | None = None
+
+
+class BackboneConfig(_Strict):
+    name: str = "resnet18"
+    pretrained: bool | str = False
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class AugmentConfig(_Strict):
+    hflip: bool = True
+    color_jitter: float = Field(0.1, ge=0.0, le=1.0)
+    on_gpu: bool = True                  # with a CUDA device, augment and normalise on the GPU
+
+
+class LabelNoiseConfig(_Strict):
+    rate: float = Field(0.0, ge=0.0, lt=1.0)
+    seed: int = 0
+
+
+class MethodConfig(BaseModel):
+    """The EXPR-side method and the circumplex-cost OT term shared by every method.
+
+    Method-specific options (e.g. Ada-DF's ``threshold``) are extra keys, checked against the
+    registered method's ``defaults`` so a typo is an error, not a silently ignored option.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str = "focal"
+    cost: Literal[COST_VARIANTS] | None = None  # type: ignore[valid-type]  # None: the method's default
+    lam: float = Field(1.0, ge=0.0)        # METHODS §5: λ, default 1.0
+    consistency: float = Field(0.0, ge=0.0)  # METHODS §5: prediction-level consistency weight
+    imported_from: str | None = None       # cost: imported — e.g. "synthetic:affectnet_like" or a JSON path
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        from trainers.methods import METHODS  # registry; imported late to avoid a cycle
+
+        if name not in METHODS:
+            raise ValueError(_unknown("name", name, METHODS, what="method"))
+        return name
+
+    @model_validator(mode="after")
+    def _known_options(self) -> MethodConfig:
+        from trainers.methods import METHODS
+
+        allowed = METHODS[self.name].defaults
+        for key in self.options:
+            if key not in allowed:
+                # "@key:" lets describe_validation_error put the option into the key path
+                raise ValueError(f"@{key}:" + _unknown(key, key, allowed, what=f"option of method {self.name!r}:"))
+        if self.cost is None:  # resolve so that trial_id names the cost actually used
+            self.__dict__["cost"] = METHODS[self.name].default_cost
+        return self
+
+
+class TrialConfig(_Strict):
+    """Everything that defines one trial. Fields marked as placement do not enter ``trial_id``."""
+
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    label_noise: LabelNoiseConfig = Field(default_factory=LabelNoiseConfig)
+    seed: int = 0
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)                     # head learning rate
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(1, ge=0)               # METHODS §2: head warm-up, encoder frozen
+    unfreeze_fraction: float = Field(0.5, ge=0, le=1)  # METHODS §2: upper fraction of blocks unfrozen
+    encoder_lr_factor: float = Field(0.1, gt=0)       # METHODS §2: encoder LR = factor × head LR
+    ema_decay: float = Field(0.999, ge=0, lt=1)       # METHODS §2
+    oversample: bool = True                           # METHODS §2: inverse class frequency sampling
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    # placement — where and how fast, not what: excluded from trial_id
+    device: str = "auto"
+    num_workers: int = Field(0, ge=0)
+    amp: bool = True                                  # bf16 autocast on CUDA
+    channels_last: bool = True                        # on CUDA
+    compile: bool = False                             # torch.compile the model (CUDA)
+
+    PLACEMENT_FIELDS: ClassVar[tuple[str, ...]] = ("device", "num_workers", "amp", "channels_last", "compile")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the experiment (no paths, no placement)."""
+        data = self.model_dump(mode="json")
+        for key in self.PLACEMENT_FIELDS:
+            data.pop(key, None)
+        data["dataset"].pop("root", None)
+        data["dataset"].pop("cache_dir", None)
+        data["dataset"].pop("cache", None)
+        return data
+
+    @property
+    def trial_id(self) -> str:
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def label_space(self):
+        if self.dataset.name == "synthetic":
+            return LABEL_SPACES["affectnet" if self.dataset.preset == "affectnet_like" else "affwild2"]
+        return LABEL_SPACES[self.dataset.name]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line for the user."""
+
+
+def _unknown(key: str, value: Any, choices, what: str = "value") -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    hint = f' (did you mean "{close[0]}"?)' if close else f" (choose from {', '.join(map(str, choices))})"
+    return f"unknown {what} {value!r}{hint}"
+
+
+def describe_validation_error(err: ValidationError, source: str = "", lines: dict[str, int] | None = None,
+                              prefix: str = "") -> str:
+    """One line naming the key path (and file:line when known) for the first error."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
+    msg = first["msg"].removeprefix("Value error, ")
+    if msg.startswith("@"):  # a validator that knows the offending sub-key
+        sub, msg = msg[1:].split(":", 1)
+        loc = f"{loc}.{sub}" if loc else sub
+    path = f"{prefix}{loc}" if loc else prefix.rstrip(".")
+    if first["type"] == "extra_forbidden":
+        parent_model = _model_at(TrialConfig, first["loc"][:-1])
+        fields = list(parent_model.model_fields) if parent_model else []
+        msg = _unknown("key", first["loc"][-1], fields, what="key")
+    where = source
+    if lines and path in lines:
+        where = f"{source}:{lines[path]}"
+    return f"{where + ': ' if where else ''}{path}: {msg}"
+
+
+def _model_at(model, loc) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(str(part)) if model else None
+        if field is None:
+            return None
+        model = field.annotation if isinstance(field.annotation, type) else None
+    return model
+
+
+def yaml_key_lines(text: str) -> dict[str, int]:
+    """Map dotted key paths of a YAML mapping document to their 1-based line numbers."""
+    out: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = f"{prefix}{key_node.value}"
+                out[key] = key_node.start_mark.line + 1
+                walk(value_node, key + ".")
+
+    try:
+        walk(yaml.compose(text), "")
+    except yaml.YAMLError:
+        pass
+    return out
+
+
+def load_trial_config(path: str | Path) -> TrialConfig:
+    """Read and validate a trial YAML; raise ConfigError with one line naming file, line and key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of trial settings at the top level")
+    try:
+        return TrialConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(describe_validation_error(e, str(path), yaml_key_lines(text))) from None

@@ -1,0 +1,206 @@
+"""From a dataset config to tensors the loop can consume (DESIGN "One trial", METHODS §2).
+
+- ``load_split``: the index of one split (synthetic world split by group; real loaders' splits).
+- ``LabelTensors``: labels as tensors with per-task validity masks (sentinels already NaN/-1).
+- ``ImageStore``: uint8 images by sample index — in memory, decoded from JPEG, or a decoded cache.
+- ``epoch_order``: the seeded sample order of one epoch (inverse-frequency oversampling).
+- ``augment_batch``: flips, colour jitter and normalisation on a uint8 batch, on any device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from trainers.data.labels import AU_NAMES
+
+
+def _expand(path: str) -> str:
+    return os.path.expandvars(os.path.expanduser(path))
+
+
+def group_split(index: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split by ``group`` so that no video (or image) is in both splits."""
+    groups = np.array(sorted(index["group"].unique()))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(groups)
+    n_val = max(1, int(round(val_fraction * len(groups))))
+    val_groups = set(groups[:n_val])
+    is_val = index["group"].isin(val_groups).to_numpy()
+    train, val = index[~is_val].reset_index(drop=True), index[is_val].reset_index(drop=True)
+    for part in (train, val):
+        part.attrs.update(index.attrs)
+    return train, val
+
+
+def load_split(ds, split: str) -> pd.DataFrame:
+    """The index of ``split`` ("train" or "val") for a DatasetConfig."""
+    if ds.name == "synthetic":
+        from trainers.data.synthetic import synthetic
+
+        world = synthetic(ds.preset, n=ds.n, seed=ds.seed, image_size=ds.image_size,
+                          separability=ds.separability)
+        train, val = group_split(world, ds.val_fraction, seed=ds.seed)
+        return train if split == "train" else val
+    if ds.root is None:
+        raise ValueError(f"dataset.root: required for dataset {ds.name!r}")
+    root = _expand(ds.root)
+    if ds.name == "affwild2":
+        from trainers.data.affwild2 import load_affwild2
+
+        return load_affwild2(root, split, every_k=ds.every_k)
+    if ds.name == "affectnet":
+        from trainers.data.affectnet import load_affectnet
+
+        return load_affectnet(root, split, crop_faces=ds.crop_faces)
+    if ds.name == "rafdb":
+        from trainers.data.rafdb import load_rafdb
+
+        return load_rafdb(root, "test" if split == "val" else split)
+    raise ValueError(f"dataset.name: unknown dataset {ds.name!r}")
+
+
+def apply_label_noise(index: pd.DataFrame, rate: float, seed: int, num_classes: int) -> pd.DataFrame:
+    """Flip exactly round(rate · N_expr) EXPR labels, each uniformly to another class, from its own seed
+    (the protocol of the fusion and Ada-DF papers). Adds a boolean ``noisy`` column."""
+    out = index.copy()
+    out["noisy"] = False
+    if rate <= 0:
+        return out
+    valid = np.flatnonzero(out["expr"].to_numpy() >= 0)
+    rng = np.random.default_rng(seed)
+    flip = rng.choice(valid, size=int(round(rate * len(valid))), replace=False)
+    old = out["expr"].to_numpy()[flip]
+    shift = rng.integers(1, num_classes, size=len(flip))  # never 0: always another class
+    out.loc[flip, "expr"] = (old + shift) % num_classes
+    out.loc[flip, "noisy"] = True
+    return out
+
+
+@dataclass
+class LabelTensors:
+    va: torch.Tensor        # (N,2) float, 0 where missing
+    va_mask: torch.Tensor   # (N,) bool
+    expr: torch.Tensor      # (N,) long, 0 where missing
+    expr_mask: torch.Tensor
+    au: torch.Tensor        # (N,12) float, NaN where missing
+    au_mask: torch.Tensor   # (N,) bool: at least one AU labelled
+
+    @classmethod
+    def from_index(cls, index: pd.DataFrame) -> LabelTensors:
+        va = index[["valence", "arousal"]].to_numpy(np.float32)
+        va_mask = ~np.isnan(va).any(1)
+        expr = index["expr"].to_numpy(np.int64)
+        au = index[list(AU_NAMES)].to_numpy(np.float32)
+        return cls(
+            va=torch.from_numpy(np.nan_to_num(va)), va_mask=torch.from_numpy(va_mask),
+            expr=torch.from_numpy(np.maximum(expr, 0)), expr_mask=torch.from_numpy(expr >= 0),
+            au=torch.from_numpy(au), au_mask=torch.from_numpy(~np.isnan(au).all(1)),
+        )
+
+    def batch(self, idx: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k)[idx].to(device, non_blocking=True)
+                for k in ("va", "va_mask", "expr", "expr_mask", "au", "au_mask")}
+
+
+class ImageStore(torch.utils.data.Dataset):
+    """uint8 (3,H,W) images by sample index, from memory, JPEG files, or a decoded cache."""
+
+    def __init__(self, index: pd.DataFrame, image_size: int, cache_dir: str | None = None,
+                 use_cache: bool = False) -> None:
+        self.image_size = image_size
+        self.array: np.ndarray | None = None
+        self.paths: list[str] | None = None
+        self.boxes = index[["face_x", "face_y", "face_width", "face_height"]].to_numpy() \
+            if {"face_x", "face_width"} <= set(index.columns) else None
+        if "image" in index.columns:
+            self.array = np.stack(index["image"].to_list())
+            if self.array.shape[1] != image_size:
+                self.array = _resize_uint8(self.array, image_size)
+        elif use_cache:
+            from trainers.data.cache import build_cache, open_cache
+
+            path = build_cache(index, image_size, _expand(cache_dir or "~/.cache/affsweep"))
+            self.array = open_cache(path).images
+        else:
+            self.paths = index["path"].tolist()
+
+    def __len__(self) -> int:
+        return len(self.array) if self.array is not None else len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self.array is not None:
+            img = self.array[i]
+        else:
+            from trainers.data.cache import decode_image
+
+            box = None if self.boxes is None else tuple(self.boxes[i])
+            img = decode_image(self.paths[i], self.image_size, box=box)
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+
+    def take(self, idx: np.ndarray) -> torch.Tensor:
+        """A whole batch at once (fast path for in-memory and cached images)."""
+        if self.array is not None:
+            return torch.from_numpy(np.ascontiguousarray(self.array[idx])).permute(0, 3, 1, 2)
+        return torch.stack([self[i] for i in idx])
+
+
+def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+    t = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def oversampling_weights(expr: np.ndarray) -> np.ndarray:
+    """Inverse class frequency for EXPR-labelled frames, each class totalling N_expr/K_present;
+    frames without an EXPR label keep weight 1 (METHODS §2: rare expressions oversampled)."""
+    w = np.ones(len(expr), dtype=np.float64)
+    valid = expr >= 0
+    if valid.any():
+        classes, counts = np.unique(expr[valid], return_counts=True)
+        per_class = valid.sum() / (len(classes) * counts)
+        lookup = dict(zip(classes.tolist(), per_class.tolist()))
+        w[valid] = [lookup[c] for c in expr[valid].tolist()]
+    return w
+
+
+def epoch_order(n: int, seed: int, epoch: int, weights: np.ndarray | None) -> np.ndarray:
+    """The sample order of one epoch, a pure function of (seed, epoch, weights): the same seed gives
+    the same data order in every condition (matched seeds, METHODS §7)."""
+    rng = np.random.default_rng([seed, epoch, 0xDA7A])
+    if weights is None:
+        return rng.permutation(n)
+    p = weights / weights.sum()
+    return rng.choice(n, size=n, replace=True, p=p)
+
+
+def order_hash(order: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(order, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def augment_batch(images: torch.Tensor, mean, std, generator: torch.Generator | None,
+                  hflip: bool = True, color_jitter: float = 0.0, train: bool = True,
+                  channels_last: bool = False) -> torch.Tensor:
+    """uint8 (B,3,H,W) -> normalised float; random flips and brightness/contrast jitter when training.
+    Random draws come from ``generator`` (on the CPU) so the augmentation stream is seeded."""
+    x = images.float().div_(255)
+    if train:
+        b = x.shape[0]
+        if hflip:
+            flip = torch.rand(b, generator=generator) < 0.5
+            x[flip.to(x.device)] = x[flip.to(x.device)].flip(-1)
+        if color_jitter > 0:
+            bright = 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * color_jitter
+            contrast = 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * color_jitter
+            mu = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = ((x - mu) * contrast.to(x.device) + mu) * bright.to(x.device)
+            x = x.clamp_(0, 1)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    x = (x - m) / s
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -1,0 +1,200 @@
+"""The method interface: what a method may change in the one shared training loop.
+
+A method owns the EXPR objective (and, where its paper says so, the VA/AU objectives), may add
+modules (trained with the heads, optionally excluded from inference), may build its own model
+variant (Ada-DF's two branches), may take an extra optimiser step after the main one (CAF's critic
+and adversarial steps) and may update state at epoch ends (Ada-DF's class distributions). The loop
+in ``trainers.engine`` never names a method.
+
+Every method inherits the circumplex-cost OT term (METHODS §5): ``cost`` / ``lam`` / ``consistency``
+in the method config add ``λ L_OT`` and the consistency term to the method's EXPR loss, so
+``focal`` + ``cost: circumplex`` is the study's OT condition and ``cost: none`` its base recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from trainers.data.labels import LabelSpace
+from trainers.losses import au_bce_loss, ccc_loss, focal_loss
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a method reachable by name (like timm's ``register_model``)."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def create_method(name: str, ctx: MethodContext, **options: Any) -> Method:
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r} (registered: {', '.join(sorted(METHODS))})")
+    return METHODS[name](ctx, **options)
+
+
+@dataclass
+class MethodContext:
+    """What a method may know about the trial: label space, training statistics, geometry."""
+
+    label_space: LabelSpace
+    train_index: pd.DataFrame            # the training split's index (labels after label noise)
+    class_counts: np.ndarray             # (K,) EXPR counts on the training split
+    au_pos_weight: np.ndarray | None     # (12,) N_neg/N_pos, None without AU labels
+    geometry: Any = None                 # trainers.geometry.Geometry of the training split, or None
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    epochs: int = 1
+    backbone_name: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return self.label_space.num_classes
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        """Inverse training frequency normalised to mean 1 (METHODS §2); unseen classes weigh 0."""
+        counts = self.class_counts.astype(np.float64)
+        w = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+        present = w > 0
+        w[present] = w[present] / w[present].mean()
+        return torch.as_tensor(w, dtype=torch.float32, device=self.device)
+
+
+@dataclass
+class StepState:
+    """Where the loop is; passed to every hook."""
+
+    epoch: int          # 1-based, as the papers count
+    step: int           # global optimiser step
+    epochs: int
+
+
+class Method:
+    """Base recipe hooks (METHODS §2). Subclasses override what their paper changes."""
+
+    name: ClassVar[str] = "base"
+    defaults: ClassVar[dict[str, Any]] = {}
+    default_cost: ClassVar[str] = "none"
+    # names of modules in ``self.modules`` used only for training (dropped at inference, METHODS §10/§12)
+    train_only: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, ctx: MethodContext, cost: str | None = None, lam: float = 1.0, consistency: float = 0.0,
+                 imported_from: str | None = None, **options: Any) -> None:
+        self.ctx = ctx
+        self.options = {**self.defaults, **options}
+        self.modules = nn.ModuleDict()
+        cost = cost or self.default_cost
+        self.cost_variant = cost
+        self.lam = lam
+        self.consistency = consistency
+        self.ot = None
+        if cost != "none" or consistency > 0:
+            from trainers.losses.ot import build_ot_term
+
+            self.ot = build_ot_term(ctx, cost=cost, lam=lam, consistency=consistency,
+                                    imported_from=imported_from)
+
+    # --- model -------------------------------------------------------------------------------
+    def build_model(self, encoder: nn.Module, feat_dim: int) -> nn.Module:
+        """The network whose forward returns {"feat", "va", "expr", "au"}; override to change it."""
+        from trainers.models.heads import MultiTaskNet
+
+        return MultiTaskNet(encoder, feat_dim, self.ctx.num_classes, len(self.ctx.label_space.au_names) or 12)
+
+    def setup(self, model: nn.Module, feat_dim: int) -> None:
+        """Create extra modules in ``self.modules`` once the model exists (feature size known)."""
+
+    # --- losses ------------------------------------------------------------------------------
+    def task_losses(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                    state: StepState) -> dict[str, torch.Tensor | None]:
+        """Masked per-task losses; a task without a valid frame in the batch is None (adds 0)."""
+        return {
+            "va": self.va_loss(out, batch),
+            "expr": self.expr_loss(out, batch, state),
+            "au": self.au_loss(out, batch),
+        }
+
+    def va_loss(self, out, batch) -> torch.Tensor | None:
+        mask = batch["va_mask"]
+        if int(mask.sum()) < 2:
+            return None
+        return ccc_loss(out["va"][mask], batch["va"][mask])
+
+    def expr_loss(self, out, batch, state: StepState) -> torch.Tensor | None:
+        mask = batch["expr_mask"]
+        if not bool(mask.any()):
+            return None
+        loss = self.expr_objective(out, batch, mask, state)
+        if self.ot is not None:
+            loss = loss + self.ot(out, batch, mask)
+        return loss
+
+    def expr_objective(self, out, batch, mask, state: StepState) -> torch.Tensor:
+        """The method's own EXPR loss on the EXPR-valid frames (base: class-weighted focal CE)."""
+        return focal_loss(out["expr"][mask], batch["expr"][mask], self.ctx.class_weights,
+                          gamma=self.options.get("gamma", 2.0))
+
+    def au_loss(self, out, batch) -> torch.Tensor | None:
+        if self.ctx.au_pos_weight is None:
+            return None
+        mask = batch["au_mask"]
+        if not bool(mask.any()):
+            return None
+        pos_weight = torch.as_tensor(self.ctx.au_pos_weight, dtype=out["au"].dtype, device=out["au"].device)
+        return au_bce_loss(out["au"][mask], batch["au"][mask], pos_weight)
+
+    # --- optimisation hooks ------------------------------------------------------------------
+    def backward(self, total: torch.Tensor, weighted: dict[str, torch.Tensor], model: nn.Module) -> None:
+        """Backpropagate the combined loss (PCGrad overrides this)."""
+        total.backward()
+
+    def extra_step(self, model: nn.Module, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor],
+                   state: StepState) -> dict[str, float]:
+        """An optional extra update after the main optimiser step (CAF). Returns metrics to log."""
+        return {}
+
+    def on_epoch_end(self, model: nn.Module, train_outputs, state: StepState) -> dict[str, float]:
+        """Optional per-epoch update (Ada-DF's class distributions). ``train_outputs()`` yields
+        (sample indices, model outputs) over the training split in eval mode, without augmentation;
+        ``self.ctx.train_index`` holds the labels. Returns metrics to log."""
+        return {}
+
+    def train_sampler_weights(self) -> np.ndarray | None:
+        """Per-sample weights for the training sampler; None keeps the default oversampling."""
+        return None
+
+    # --- inference ---------------------------------------------------------------------------
+    def expr_probabilities(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class probabilities used for prediction (GReFEL fuses, Ada-DF uses its target branch)."""
+        return out["expr"].float().softmax(-1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Non-parameter state to checkpoint (e.g. mined class distributions)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def parameter_counts(self, model: nn.Module) -> dict[str, int]:
+        """Trainable parameters of the model and of each extra module; train-only ones flagged."""
+        counts = {"params/model": sum(p.numel() for p in model.parameters())}
+        for key, mod in self.modules.items():
+            counts[f"params/{key}"] = sum(p.numel() for p in mod.parameters())
+        counts["params/inference"] = counts["params/model"] + sum(
+            v for k, v in counts.items() if k.startswith("params/") and k.split("/", 1)[1] in self.modules
+            and k.split("/", 1)[1] not in self.train_only)
+        return counts

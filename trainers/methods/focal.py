@@ -1,0 +1,23 @@
+"""The base recipe's EXPR loss: class-weighted focal cross-entropy (METHODS §2), and ``ot``.
+
+``ot`` is the same objective with the circumplex-cost OT term on by default (METHODS §5); any
+method can take ``cost``/``lam``, so the two names only differ in their default cost.
+"""
+
+from __future__ import annotations
+
+from trainers.methods.base import Method, register_method
+
+
+@register_method("focal")
+class Focal(Method):
+    """Class-weighted focal CE, γ = 2 (the study's γ is not legible; METHODS §2 default)."""
+
+    defaults = dict(gamma=2.0)
+
+
+@register_method("ot")
+class CircumplexOT(Focal):
+    """Focal CE + λ·L_OT with the circumplex cost unless another ``cost`` is given (METHODS §5)."""
+
+    default_cost = "circumplex"

@@ -1,0 +1,7 @@
+"""Backbones (registry over timm) and the multi-task network."""
+
+from trainers.models.backbones import BACKBONES, Backbone, WeightsError, create_backbone, register_backbone
+from trainers.models.heads import MultiTaskNet, upper_stages
+
+__all__ = ["BACKBONES", "Backbone", "MultiTaskNet", "WeightsError", "create_backbone", "register_backbone",
+           "upper_stages"]

@@ -1,0 +1,121 @@
+"""Backbones by name (like timm's ``create_model``), with the stage listing the schedule needs.
+
+``create_backbone(cfg)`` returns a feature extractor (timm model with ``num_classes=0``), its
+feature width and the mean/std its pretraining expects. Any timm name works; names registered
+with ``@register_backbone`` add loading rules for checkpoints that timm does not know (e.g.
+face-pretrained encoders).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import group_parameters
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Backbone:
+    encoder: nn.Module
+    feat_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    name: str
+
+
+BACKBONES: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone(name: str):
+    def wrap(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        BACKBONES[name] = fn
+        return fn
+
+    return wrap
+
+
+class WeightsError(RuntimeError):
+    """A pretrained weight file is missing or does not fit the architecture."""
+
+
+def create_backbone(name: str, pretrained: bool | str = False, **kwargs) -> Backbone:
+    """Build ``name`` from the registry, else from timm. ``pretrained``: False, True (timm's
+    cache/hub) or a local file path (environment variables expanded)."""
+    if name in BACKBONES:
+        return BACKBONES[name](pretrained=pretrained, **kwargs)
+    return timm_backbone(name, pretrained=pretrained, **kwargs)
+
+
+def timm_backbone(name: str, pretrained: bool | str = False, state_dict_key: str | None = None,
+                  key_filter: Callable[[dict], dict] | None = None, mean=None, std=None, **kwargs) -> Backbone:
+    if name not in timm.list_models() and name not in timm.list_pretrained():
+        import difflib
+
+        close = difflib.get_close_matches(name, [*BACKBONES, *timm.list_models()], n=1)
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+        raise ValueError(f"backbone.name: unknown backbone {name!r}{hint}")
+    use_hub = pretrained is True
+    try:
+        encoder = timm.create_model(name, pretrained=use_hub, num_classes=0, **kwargs)
+    except Exception as e:  # offline hub / missing cache: say what to place where
+        if use_hub:
+            raise WeightsError(
+                f"backbone {name!r}: pretrained weights are not in the local cache and cannot be downloaded "
+                f"({type(e).__name__}). Place the checkpoint file on disk and set `backbone.pretrained: "
+                f"/path/to/file` (or populate the Hugging Face cache at {os.environ.get('HF_HOME', '~/.cache/huggingface')})."
+            ) from None
+        raise
+    if isinstance(pretrained, str):
+        load_checkpoint(encoder, pretrained, state_dict_key=state_dict_key, key_filter=key_filter)
+    cfg = getattr(encoder, "pretrained_cfg", {}) or {}
+    return Backbone(
+        encoder=encoder,
+        feat_dim=encoder.num_features,
+        mean=tuple(mean or cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(std or cfg.get("std", IMAGENET_STD)),
+        name=name,
+    )
+
+
+def load_checkpoint(encoder: nn.Module, path: str, state_dict_key: str | None = None,
+                    key_filter: Callable[[dict], dict] | None = None) -> list[str]:
+    """Load encoder weights from a local file; fail if any encoder key stays uninitialised."""
+    file = Path(os.path.expandvars(os.path.expanduser(path)))
+    if not file.is_file():
+        raise WeightsError(f"backbone.pretrained: weight file {file} does not exist")
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise WeightsError(f"backbone.pretrained: cannot read {file} ({type(e).__name__}: {e})") from None
+    state = obj
+    for key in ([state_dict_key] if state_dict_key else ["model", "state_dict", "model_state"]):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if key_filter is not None:
+        state = key_filter(state)
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("head", "fc."))]
+    if missing:
+        raise WeightsError(f"backbone.pretrained: {file} lacks {len(missing)} encoder keys, e.g. {missing[:3]}")
+    return list(unexpected)
+
+
+def encoder_stages(encoder: nn.Module) -> list[list[nn.Parameter]]:
+    """Parameters grouped bottom -> top: [stem, block/stage 1, …, block/stage n] (timm's coarse
+    group matcher), so the schedule can unfreeze "the upper fraction" of a CNN or a ViT alike."""
+    named = dict(encoder.named_parameters())
+    try:
+        groups = group_parameters(encoder, encoder.group_matcher(coarse=True))
+        return [[named[n] for n in names] for _, names in sorted(groups.items())]
+    except (AttributeError, NotImplementedError):
+        children = [list(c.parameters()) for c in encoder.children()]
+        return [c for c in children if c]
