@@ -15,9 +15,9 @@ def tiny_trial():
 
     def make(**overrides):
         base = dict(
-            dataset=dict(name="synthetic", preset="affwild2_like", n=600, image_size=32),
+            dataset=dict(name="synthetic", preset="affwild2_like", n=1000, image_size=24),
             backbone=dict(name="test_resnet", pretrained=False),
-            epochs=2, batch_size=32, lr=3e-3, warmup_epochs=0, unfreeze_fraction=1.0,
+            epochs=2, batch_size=32, lr=3e-3, warmup_epochs=0, unfreeze_fraction=1.0, encoder_lr_factor=1.0,
             eval_batch_size=128,
         )
         for key, value in overrides.items():

@@ -40,6 +40,7 @@ from trainers.metrics import au_f1_per_unit, ccc, confusion_matrix, expr_f1, p_m
 from trainers.models import create_backbone, upper_stages
 
 CHECKPOINT = "last.pt"
+NAN_CHECK_EVERY = 25  # steps between NaN checks on CUDA (each check waits for the GPU)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -133,7 +134,8 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
     weighting = UncertaintyWeighting().to(device)
     stages, heads = model.schedule_groups()
     upper = upper_stages(stages, cfg.unfreeze_fraction)
-    head_params = [*heads, *method.modules.parameters(), *weighting.parameters()]
+    extra_params = [p for mod in method.main_optimizer_modules() for p in mod.parameters()]
+    head_params = [*heads, *extra_params, *weighting.parameters()]
     optimizer = torch.optim.AdamW([
         {"params": head_params, "lr": cfg.lr},
         {"params": upper, "lr": cfg.lr * cfg.encoder_lr_factor},  # METHODS §2: reduced encoder LR
@@ -183,7 +185,8 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
         aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         model.train()
         state = StepState(epoch=epoch, step=step, epochs=cfg.epochs)
-        sums: dict[str, float] = {}
+        sums: dict = {}
+        counts: dict[str, int] = {}
         t0 = time.perf_counter()
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
@@ -198,7 +201,8 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
                 out = forward(x)
             losses = method.task_losses(out, batch, state)
             total, weighted = weighting(losses)
-            if not torch.isfinite(total):
+            # a NaN/inf check is a GPU sync: every step on the CPU, every few steps on CUDA
+            if (not cuda or step % NAN_CHECK_EVERY == 0 or b == steps_per_epoch - 1) and not torch.isfinite(total):
                 parts = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items() if v is not None)
                 raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, step {step} ({parts})")
             optimizer.zero_grad(set_to_none=True)
@@ -207,13 +211,15 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
             step += 1
             ema.update(model, step=step)
             extra = method.extra_step(model, batch, out, state)
-            for k, v in {"loss": float(total), **{f"loss_{k}": float(v) for k, v in losses.items()
-                                                   if v is not None}, **extra}.items():
+            logged = {"loss": total, **{f"loss_{k}": v for k, v in losses.items() if v is not None}, **extra}
+            for k, v in logged.items():
+                v = v.detach() if torch.is_tensor(v) else v
                 sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             images_seen += len(idx)
             bar.update(1)
         train_seconds += time.perf_counter() - t0
-        epoch_metrics = {f"train/{k}": v / steps_per_epoch for k, v in sums.items()}
+        epoch_metrics = {f"train/{k}": float(v) / counts[k] for k, v in sums.items()}
         epoch_metrics.update(method.on_epoch_end(
             model, lambda: iterate_outputs(model, data.train_images, cfg, backbone, device), state))
 
@@ -320,10 +326,14 @@ def evaluate(model, method, data: TrialData, cfg: TrialConfig, backbone, device,
     nan = float("nan")
     if true_geometry is not None and em.any():
         cost, centroids = np.asarray(true_geometry["cost"]), np.asarray(true_geometry["centroids"])
-        metrics["error_severity"] = error_severity(confusion, cost)
-        metrics["quadrant_keep"] = quadrant_preservation(confusion, centroids)
-        metrics["affect_weighted_acc"] = affect_weighted_accuracy(confusion, cost)
-        rsa = representational_similarity(feats[em], y, cost)
+        # a class without a single jointly labelled training frame has no centroid: error structure
+        # is scored over the classes whose place on the circumplex is known
+        known = np.flatnonzero(np.isfinite(centroids).all(1))
+        sub = np.ix_(known, known)
+        metrics["error_severity"] = error_severity(confusion[sub], cost[sub])
+        metrics["quadrant_keep"] = quadrant_preservation(confusion[sub], centroids[known])
+        metrics["affect_weighted_acc"] = affect_weighted_accuracy(confusion[sub], cost[sub])
+        rsa = representational_similarity(feats[em], y, cost, classes=[k for k in known if (y == k).any()])
         metrics["rsa_rho"] = float(rsa.rho)
     else:
         metrics.update(error_severity=nan, quadrant_keep=nan, affect_weighted_acc=nan, rsa_rho=nan)
@@ -348,7 +358,9 @@ def circumplex_record(ctx: MethodContext, method) -> dict:
     if ctx.geometry is None and getattr(method, "ot", None) is None:
         return {"class_names": list(ctx.label_space.class_names), "cost_variant": method.cost_variant,
                 "centroids": None, "true_cost": None, "cost_used": None, "derangement": None}
-    choice = method.ot.choice if method.ot is not None else None
+    from trainers.geometry import cost_for_variant
+
+    choice = method.ot.choice if method.ot is not None else cost_for_variant("none", ctx.geometry, ctx.seed)
     return record(ctx.geometry, choice)
 
 

@@ -2,11 +2,8 @@
 
 from trainers.data.labels import AU_NAMES, LABEL_SPACES, LabelSpace
 
-
-def synthetic(preset: str, n: int, seed: int, **kwargs):
-    from trainers.data.synthetic import synthetic as _synthetic
-
-    return _synthetic(preset, n, seed, **kwargs)
+# imported eagerly (numpy only): a lazy wrapper named like the submodule would be shadowed by it
+from trainers.data.synthetic import synthetic  # noqa: E402
 
 
 def load_affwild2(root, split, **kwargs):

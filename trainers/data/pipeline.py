@@ -93,19 +93,23 @@ class LabelTensors:
 
     @classmethod
     def from_index(cls, index: pd.DataFrame) -> LabelTensors:
-        va = index[["valence", "arousal"]].to_numpy(np.float32)
+        va = index[["valence", "arousal"]].to_numpy(np.float32, copy=True)
         va_mask = ~np.isnan(va).any(1)
-        expr = index["expr"].to_numpy(np.int64)
-        au = index[list(AU_NAMES)].to_numpy(np.float32)
+        expr = index["expr"].to_numpy(np.int64, copy=True)
+        au = index[list(AU_NAMES)].to_numpy(np.float32, copy=True)
         return cls(
             va=torch.from_numpy(np.nan_to_num(va)), va_mask=torch.from_numpy(va_mask),
             expr=torch.from_numpy(np.maximum(expr, 0)), expr_mask=torch.from_numpy(expr >= 0),
             au=torch.from_numpy(au), au_mask=torch.from_numpy(~np.isnan(au).all(1)),
         )
 
-    def batch(self, idx: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k)[idx].to(device, non_blocking=True)
-                for k in ("va", "va_mask", "expr", "expr_mask", "au", "au_mask")}
+    def batch(self, idx: torch.Tensor, device: torch.device) -> dict:
+        """Labels of ``idx`` on ``device``, plus ``n``: per-task valid counts as Python ints (CPU)."""
+        out = {k: getattr(self, k)[idx] for k in ("va", "va_mask", "expr", "expr_mask", "au", "au_mask")}
+        n = {"va": int(out["va_mask"].sum()), "expr": int(out["expr_mask"].sum()), "au": int(out["au_mask"].sum())}
+        out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
+        out["n"] = n
+        return out
 
 
 class ImageStore(torch.utils.data.Dataset):

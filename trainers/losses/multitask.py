@@ -6,29 +6,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Masks weight frames instead of indexing them: boolean indexing makes the GPU wait for the CPU
+# at every step, multiplying by a 0/1 mask does not.
 
-def ccc(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Concordance correlation per column with population moments (METHODS §2)."""
+
+def ccc(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+        eps: float = 1e-8) -> torch.Tensor:
+    """Concordance correlation per column with population moments over the masked frames (METHODS §2)."""
     pred, target = pred.float(), target.float()
-    mp, mt = pred.mean(0), target.mean(0)
-    vp, vt = pred.var(0, unbiased=False), target.var(0, unbiased=False)
-    cov = ((pred - mp) * (target - mt)).mean(0)
+    w = torch.ones(len(pred), device=pred.device) if mask is None else mask.float()
+    w = (w / w.sum().clamp(min=1))[:, None]
+    mp, mt = (w * pred).sum(0), (w * target).sum(0)
+    vp, vt = (w * (pred - mp) ** 2).sum(0), (w * (target - mt) ** 2).sum(0)
+    cov = (w * (pred - mp) * (target - mt)).sum(0)
     return 2 * cov / (vp + vt + (mp - mt) ** 2 + eps)
 
 
-def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L_VA = 1 - (CCC_v + CCC_a)/2 over the VA-valid frames given."""
-    return 1 - ccc(pred, target).mean()
+def ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """L_VA = 1 - (CCC_v + CCC_a)/2 over the VA-valid frames."""
+    return 1 - ccc(pred, target, mask).mean()
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None = None,
-               gamma: float = 2.0) -> torch.Tensor:
-    """Class-weighted focal CE, mean over frames of -w_y (1-p_y)^γ log p_y (METHODS §2)."""
+               gamma: float = 2.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Class-weighted focal CE, mean over (masked) frames of -w_y (1-p_y)^γ log p_y (METHODS §2)."""
     logp = F.log_softmax(logits.float(), dim=-1).gather(1, target[:, None]).squeeze(1)
     loss = -((1 - logp.exp()) ** gamma) * logp
     if class_weights is not None:
         loss = loss * class_weights[target]
-    return loss.mean()
+    if mask is None:
+        return loss.mean()
+    m = mask.float()
+    return (loss * m).sum() / m.sum().clamp(min=1)
 
 
 def au_bce_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:

@@ -118,6 +118,10 @@ class Method:
     def setup(self, model: nn.Module, feat_dim: int) -> None:
         """Create extra modules in ``self.modules`` once the model exists (feature size known)."""
 
+    def main_optimizer_modules(self) -> list[nn.Module]:
+        """Extra modules trained by the main optimiser at the head LR (CAF keeps its critic out)."""
+        return list(self.modules.values())
+
     # --- losses ------------------------------------------------------------------------------
     def task_losses(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
                     state: StepState) -> dict[str, torch.Tensor | None]:
@@ -128,15 +132,15 @@ class Method:
             "au": self.au_loss(out, batch),
         }
 
+    # ``batch["n"]`` holds the per-task valid-frame counts, computed on the CPU (no GPU sync).
     def va_loss(self, out, batch) -> torch.Tensor | None:
-        mask = batch["va_mask"]
-        if int(mask.sum()) < 2:
+        if batch["n"]["va"] < 2:
             return None
-        return ccc_loss(out["va"][mask], batch["va"][mask])
+        return ccc_loss(out["va"], batch["va"], batch["va_mask"])
 
     def expr_loss(self, out, batch, state: StepState) -> torch.Tensor | None:
         mask = batch["expr_mask"]
-        if not bool(mask.any()):
+        if batch["n"]["expr"] == 0:
             return None
         loss = self.expr_objective(out, batch, mask, state)
         if self.ot is not None:
@@ -144,18 +148,23 @@ class Method:
         return loss
 
     def expr_objective(self, out, batch, mask, state: StepState) -> torch.Tensor:
-        """The method's own EXPR loss on the EXPR-valid frames (base: class-weighted focal CE)."""
-        return focal_loss(out["expr"][mask], batch["expr"][mask], self.ctx.class_weights,
-                          gamma=self.options.get("gamma", 2.0))
+        """The method's own EXPR loss on the EXPR-valid frames (base: class-weighted focal CE).
+        ``batch["expr"]`` is 0 (not -1) where ``mask`` is False, so it can index safely."""
+        return focal_loss(out["expr"], batch["expr"], self._class_weights(out["expr"].device),
+                          gamma=self.options.get("gamma", 2.0), mask=mask)
+
+    def _class_weights(self, device) -> torch.Tensor:
+        if getattr(self, "_cw", None) is None or self._cw.device != device:
+            self._cw = self.ctx.class_weights.to(device)
+        return self._cw
 
     def au_loss(self, out, batch) -> torch.Tensor | None:
         if self.ctx.au_pos_weight is None:
             return None
-        mask = batch["au_mask"]
-        if not bool(mask.any()):
+        if batch["n"]["au"] == 0:
             return None
-        pos_weight = torch.as_tensor(self.ctx.au_pos_weight, dtype=out["au"].dtype, device=out["au"].device)
-        return au_bce_loss(out["au"][mask], batch["au"][mask], pos_weight)
+        pos_weight = torch.as_tensor(self.ctx.au_pos_weight, dtype=torch.float32, device=out["au"].device)
+        return au_bce_loss(out["au"], batch["au"], pos_weight)  # NaN targets (incl. unlabelled frames) masked
 
     # --- optimisation hooks ------------------------------------------------------------------
     def backward(self, total: torch.Tensor, weighted: dict[str, torch.Tensor], model: nn.Module) -> None:

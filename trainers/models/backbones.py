@@ -67,10 +67,11 @@ def timm_backbone(name: str, pretrained: bool | str = False, state_dict_key: str
         encoder = timm.create_model(name, pretrained=use_hub, num_classes=0, **kwargs)
     except Exception as e:  # offline hub / missing cache: say what to place where
         if use_hub:
+            hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
             raise WeightsError(
                 f"backbone {name!r}: pretrained weights are not in the local cache and cannot be downloaded "
                 f"({type(e).__name__}). Place the checkpoint file on disk and set `backbone.pretrained: "
-                f"/path/to/file` (or populate the Hugging Face cache at {os.environ.get('HF_HOME', '~/.cache/huggingface')})."
+                f"/path/to/file` (or populate the Hugging Face cache at {hf_home})."
             ) from None
         raise
     if isinstance(pretrained, str):

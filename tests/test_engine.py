@@ -1,0 +1,99 @@
+"""The shared trainer: it learns, it is deterministic, it resumes exactly, it fails clearly."""
+
+import json
+
+import numpy as np
+import pytest
+
+from trainers.engine import NonFiniteLossError, fit
+
+
+def test_base_recipe_learns_above_chance(tiny_trial, tmp_path):
+    """A few epochs of the base recipe on affwild2_like beat chance on EXPR and VA by a margin."""
+    cfg = tiny_trial(dataset={"n": 3000, "image_size": 32}, epochs=6, batch_size=64, lr=3e-3)
+    m = fit(cfg, tmp_path / "t", progress=False).metrics
+    k = cfg.label_space.num_classes
+    # chance macro-F1 of a classifier that ignores the image is at most ~1/K on these labels
+    assert m["expr_f1"] > 1.5 / k
+    assert m["va_ccc"] > 0.2
+    assert np.isfinite(m["au_f1"]) and m["au_f1"] > 0
+    assert m["p_mtl"] == pytest.approx(m["va_ccc"] + m["expr_f1"] + m["au_f1"])
+
+
+def test_same_config_twice_gives_identical_metrics(tiny_trial, tmp_path):
+    cfg = tiny_trial()
+    a = fit(cfg, tmp_path / "a", progress=False).metrics
+    b = fit(cfg, tmp_path / "b", progress=False).metrics
+    drop = {"train_seconds", "images_per_second"}
+    assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+def test_conditions_sharing_a_seed_share_the_data_order(tiny_trial, tmp_path):
+    base = fit(tiny_trial(epochs=1), tmp_path / "a", progress=False).metrics
+    ot = fit(tiny_trial(epochs=1, method={"cost": "uniform"}), tmp_path / "b", progress=False).metrics
+    other_seed = fit(tiny_trial(epochs=1, seed=1), tmp_path / "c", progress=False).metrics
+    assert base["data_order_hash"] == ot["data_order_hash"]
+    assert base["data_order_hash"] != other_seed["data_order_hash"]
+    assert base["trial_id"] != ot["trial_id"]
+
+
+def test_killed_trial_resumes_to_the_same_metrics(tiny_trial, tmp_path):
+    cfg = tiny_trial(epochs=3)
+    full = fit(cfg, tmp_path / "full", progress=False).metrics
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_2(epoch, metrics, ckpt_dir):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(cfg, tmp_path / "resumed", report=kill_after_epoch_2, progress=False)
+    assert not (tmp_path / "resumed" / "result.json").exists()
+    seen = []
+    resumed = fit(cfg, tmp_path / "resumed", report=lambda e, m, d: seen.append(e), progress=False).metrics
+    assert seen == [3]  # only the missing epoch was trained
+    drop = {"train_seconds", "images_per_second"}
+    assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in full.items() if k not in drop}
+
+
+def test_trial_directory_contract(tiny_trial, tmp_path):
+    cfg = tiny_trial(epochs=1, method={"cost": "permuted"})
+    fit(cfg, tmp_path, progress=False)
+    result = json.loads((tmp_path / "result.json").read_text())
+    for key in ("trial_id", "seed", "status", "p_mtl", "va_ccc", "va_ccc_v", "va_ccc_a", "expr_f1", "au_f1",
+                "expr_acc", "expr_f1/Anger", "au_f1/AU12", "error_severity", "quadrant_keep",
+                "affect_weighted_acc", "rsa_rho", "epochs", "train_seconds", "images_per_second",
+                "data_order_hash"):
+        assert key in result, key
+    confusion = json.loads((tmp_path / "confusion.json").read_text())
+    assert np.asarray(confusion["matrix"]).shape == (8, 8)
+    circ = json.loads((tmp_path / "circumplex.json").read_text())
+    assert circ["cost_variant"] == "permuted"
+    perm = np.asarray(circ["derangement"])
+    assert (perm != np.arange(8)).all()
+    true, used = np.asarray(circ["true_cost"]), np.asarray(circ["cost_used"])
+    np.testing.assert_allclose(used, true[np.ix_(perm, perm)])
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+def test_nan_loss_fails_with_a_clear_reason(tiny_trial, tmp_path):
+    cfg = tiny_trial(epochs=1, lr=1e30, warmup_epochs=0)  # diverges at once
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 1, step \d+ \(.*expr="):
+        fit(cfg, tmp_path, progress=False)
+
+
+def test_missing_image_file_is_named(tmp_path):
+    from PIL import Image
+
+    from trainers.data.pipeline import ImageStore
+
+    ok = tmp_path / "a.jpg"
+    Image.new("RGB", (8, 8)).save(ok)
+    import pandas as pd
+
+    store = ImageStore(pd.DataFrame({"path": [str(ok), str(tmp_path / "missing.jpg")]}), image_size=8)
+    assert tuple(store[0].shape) == (3, 8, 8)
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        store[1]

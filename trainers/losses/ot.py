@@ -1,0 +1,232 @@
+"""The circumplex-cost OT term and the prediction-level consistency term (METHODS §5, study §3.4-3.6).
+
+``ot_loss`` is the linear Wasserstein case: the target is a point mass at the true class, so the
+transport plan is trivial and ``L_OT = sum_k p_k C_{k,y}`` (Eq. 4; no Sinkhorn). ``OTTerm`` is what a
+``Method`` adds to its EXPR loss: ``lam * L_OT + consistency * L_cons`` on the right frames, with the
+cost chosen by ``trainers.geometry.cost_for_variant``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainers.geometry import (
+    CostChoice,
+    Geometry,
+    circumplex_record,
+    cost_for_variant,
+    estimate_geometry,
+    geometry_from_record,
+    import_geometry,
+)
+
+__all__ = ["OTTerm", "build_ot_term", "consistency_loss", "instance_cost_rows", "load_import_source",
+           "ot_loss"]
+
+
+def ot_loss(logits: torch.Tensor, target: torch.Tensor, cost: torch.Tensor, *,
+            per_frame: bool | None = None) -> torch.Tensor:
+    """Batch mean of ``sum_k p_k C_{k,y}`` with ``p = softmax(logits)`` (METHODS §5, Eq. 4).
+
+    ``cost`` is a (K, K) class cost indexed ``[k, y]`` (column ``C_{., y}`` taken per frame) or a (B, K)
+    per-frame cost (the ``instance`` variant). A square (K, K) cost is read as the class cost unless
+    ``per_frame=True`` (needed only when B == K). The gradient w.r.t. the logits is
+    ``p_k (C_{k,y} - c_bar) / B`` with ``c_bar = sum_j p_j C_{j,y}`` (Eq. 5). Computed in float32.
+    """
+    return _frame_cost(logits, target, cost, per_frame).mean()
+
+
+def _frame_cost(logits: torch.Tensor, target: torch.Tensor, cost: torch.Tensor,
+                per_frame: bool | None) -> torch.Tensor:
+    """(B,) expected transport cost ``sum_k p_k C_{k,y}`` of each frame."""
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be (B, K), got shape {tuple(logits.shape)}")
+    b, k = logits.shape
+    cost = torch.as_tensor(cost, device=logits.device).float()
+    if per_frame is None:
+        per_frame = cost.shape != (k, k)
+    if per_frame:
+        if cost.shape != (b, k):
+            raise ValueError(f"per-frame cost must be (B, K) = {(b, k)}, got {tuple(cost.shape)}")
+        rows = cost
+    else:
+        if cost.shape != (k, k):
+            raise ValueError(f"class cost must be (K, K) = {(k, k)}, got {tuple(cost.shape)}")
+        rows = cost.index_select(1, target.long()).T          # row b = C_{., y_b}
+    return (F.softmax(logits.float(), dim=-1) * rows).sum(-1)
+
+
+def instance_cost_rows(va: torch.Tensor, va_valid: torch.Tensor, target: torch.Tensor,
+                       centroids: torch.Tensor | None, cost: torch.Tensor) -> torch.Tensor:
+    """(B, K) instance-adaptive cost (study §3.6): ``c_k = ||x - mu_k||`` on frames with their own VA,
+    else the class row ``C_{., y}``. A class without a centroid (NaN) keeps the class-level entry."""
+    cost = torch.as_tensor(cost, device=va.device).float()
+    rows = cost.index_select(1, target.long()).T
+    if centroids is None:
+        return rows
+    mu = torch.as_tensor(centroids, device=va.device).float()
+    dist = torch.cdist(va.float(), mu)                       # (B, K)
+    use = va_valid.bool()[:, None] & torch.isfinite(dist)
+    return torch.where(use, torch.nan_to_num(dist), rows)
+
+
+def consistency_loss(va_pred: torch.Tensor, probs: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """``mean_b ||VA_hat_b - sum_k p_bk mu_k||^2`` (METHODS §5 ablation, study §3.5)."""
+    mu = torch.as_tensor(centroids, device=probs.device).float()
+    expected = probs.float() @ mu
+    return ((va_pred.float() - expected) ** 2).sum(-1).mean()
+
+
+class OTTerm:
+    """``lam * L_OT`` over the EXPR-valid frames + ``consistency * L_cons`` over frames with EXPR and VA.
+
+    Called as ``term(out, batch, mask)`` by ``Method.expr_loss``. ``choice`` is the ``CostChoice``
+    (for ``circumplex.json``); ``geometry`` the circumplex it came from (the dataset's own, or the
+    imported one carried into this label order). Cost tensors move to the logits' device lazily.
+    """
+
+    def __init__(self, choice: CostChoice, lam: float = 1.0, consistency: float = 0.0,
+                 centroids: np.ndarray | None = None, geometry: Geometry | None = None) -> None:
+        self.choice = choice
+        self.lam = float(lam)
+        self.consistency = float(consistency)
+        self.geometry = geometry
+        if self.consistency > 0:
+            if centroids is None:
+                raise ValueError("the consistency term needs class centroids in valence-arousal, but this "
+                                 "dataset has no circumplex")
+            # a class without a centroid contributes the circumplex origin to the expected VA
+            centroids = np.nan_to_num(np.asarray(centroids, dtype=np.float64), nan=0.0)
+        self._numpy = {"cost": choice.matrix, "centroids": choice.centroids, "cons_centroids": centroids}
+        self._tensors: dict[tuple[str, torch.device], torch.Tensor | None] = {}
+
+    def _get(self, name: str, device: torch.device) -> torch.Tensor | None:
+        key = (name, device)
+        if key not in self._tensors:
+            arr = self._numpy[name]
+            self._tensors[key] = None if arr is None else torch.as_tensor(
+                np.asarray(arr, dtype=np.float32), device=device)
+        return self._tensors[key]
+
+    @property
+    def source_geometry(self) -> dict[str, np.ndarray] | None:
+        """``{"cost", "centroids"}`` of the circumplex this term was built from, in this label order
+        (the imported one on a dataset without VA); None without any. Cost entries are finite."""
+        if self.geometry is None:
+            return None
+        return {"cost": self.geometry.finite_cost, "centroids": self.geometry.centroids}
+
+    def record(self) -> dict[str, Any]:
+        """The trial's ``circumplex.json`` content for this term (``trainers.geometry.circumplex_record``)."""
+        return circumplex_record(self.geometry, self.choice)
+
+    def __call__(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                 mask: torch.Tensor) -> torch.Tensor:
+        # Masked means by weights rather than boolean indexing: no host-device sync per step.
+        logits = out["expr"]
+        device = logits.device
+        weight = mask.to(device=device, dtype=torch.float32)
+        total = logits.new_zeros((), dtype=torch.float32)
+        cost = self._get("cost", device)
+        if cost is not None and self.lam != 0:
+            target = torch.where(mask.bool(), batch["expr"].long(), 0)     # masked-out labels are arbitrary
+            if self.choice.variant == "instance":
+                rows = instance_cost_rows(batch["va"], batch["va_mask"], target, self._get("centroids", device),
+                                          cost)
+                per = _frame_cost(logits, target, rows, per_frame=True)
+            else:
+                per = _frame_cost(logits, target, cost, per_frame=False)
+            total = total + self.lam * (per * weight).sum() / weight.sum().clamp(min=1)
+        if self.consistency > 0:
+            joint = weight * batch["va_mask"].to(device=device, dtype=torch.float32)
+            probs = F.softmax(logits.float(), dim=-1)
+            expected = probs @ self._get("cons_centroids", device)
+            err = ((out["va"].float() - expected) ** 2).sum(-1)          # METHODS §5: ||VA_hat - sum p mu||^2
+            total = total + self.consistency * (err * joint).sum() / joint.sum().clamp(min=1)
+        return total
+
+
+# --- imported geometry ------------------------------------------------------------------------------
+
+def _preset_label_space(preset: str):
+    from trainers.data.labels import LABEL_SPACES
+
+    # same rule as TrialConfig.label_space
+    return LABEL_SPACES["affectnet" if preset == "affectnet_like" else "affwild2"]
+
+
+@functools.lru_cache(maxsize=8)
+def _synthetic_geometry(preset: str) -> Geometry:
+    # (not ``from trainers.data import synthetic``: once the submodule is imported, that name is the module)
+    from trainers.data.synthetic import PRESETS, synthetic
+
+    if preset not in PRESETS:
+        raise ValueError(f"method.imported_from: unknown synthetic preset {preset!r} "
+                         f"(choose from {', '.join(sorted(PRESETS))})")
+    # labels do not depend on the image size (trainers.data.synthetic), so draw the smallest images
+    frames = synthetic(preset, n=6000, seed=0, image_size=8)
+    geometry = estimate_geometry(frames, _preset_label_space(preset), seed=0)
+    if geometry is None:
+        raise ValueError(f"synthetic preset {preset!r} has no frame with both EXPR and VA to import from")
+    return geometry
+
+
+def load_import_source(imported_from: str) -> Geometry:
+    """The source geometry of ``cost: imported`` in its own class order.
+
+    ``"synthetic:<preset>"``: estimated on ``synthetic(<preset>, n=6000, seed=0)``. Otherwise a path to
+    a trial's ``circumplex.json`` (``class_names``, ``centroids``, ``true_cost``) or to a
+    ``Geometry.to_json()`` file.
+    """
+    if imported_from.startswith("synthetic:"):
+        return _synthetic_geometry(imported_from.split(":", 1)[1])
+    path = Path(imported_from).expanduser()
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"method.imported_from: cannot read {path} ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"method.imported_from: {path} is not valid JSON ({e})") from None
+    try:
+        if "cost" in data and "covariances" in data:
+            return Geometry.from_json(data)
+        return geometry_from_record(data)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"method.imported_from: {path}: {e}") from None
+
+
+def build_ot_term(ctx, cost: str, lam: float = 1.0, consistency: float = 0.0,
+                  imported_from: str | None = None) -> OTTerm:
+    """The OT/consistency term of a trial, as ``Method.__init__`` builds it.
+
+    ``ctx`` is a ``MethodContext``: its ``geometry`` (estimated here from ``train_index`` when None
+    and the label space has VA), ``label_space`` and the trial ``seed`` (which draws the ``permuted``
+    derangement). ``imported_from`` supplies the ``imported`` cost, and the circumplex of every other
+    class-level variant when the dataset has none of its own (RAF-DB).
+    """
+    label_space = ctx.label_space
+    geometry = ctx.geometry
+    if geometry is None and getattr(label_space, "has_va", False) and ctx.train_index is not None:
+        geometry = estimate_geometry(ctx.train_index, label_space, seed=0)
+    imported_geometry = None
+    if imported_from is not None and (cost == "imported" or geometry is None):
+        source = load_import_source(imported_from)
+        imported_geometry = import_geometry(source, label_space.class_names)
+    elif cost == "imported":
+        raise ValueError("cost 'imported' needs method.imported_from (e.g. 'synthetic:affectnet_like' or a "
+                         "circumplex.json path)")
+    choice = cost_for_variant(cost, geometry, ctx.seed,
+                              imported=None if imported_geometry is None else imported_geometry.cost)
+    # the circumplex of record (and of the consistency term): the dataset's own, else the imported one
+    circumplex = geometry if geometry is not None else imported_geometry
+    choice = dataclasses.replace(choice, source=circumplex)
+    centroids = None if circumplex is None else circumplex.centroids
+    return OTTerm(choice, lam=lam, consistency=consistency, centroids=centroids, geometry=circumplex)
