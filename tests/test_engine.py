@@ -8,14 +8,32 @@ import pytest
 from trainers.engine import NonFiniteLossError, fit
 
 
+def chance_macro_f1(y: np.ndarray, k: int, rng=np.random.default_rng(0)) -> float:
+    """The best macro-F1 of image-blind predictors on these labels: always the majority class, uniform
+    guessing, or guessing with the label frequencies (the last two averaged over 200 draws)."""
+    from sklearn.metrics import f1_score
+
+    labels = list(range(k))
+    scores = [f1_score(y, np.full_like(y, np.bincount(y).argmax()), average="macro", labels=labels,
+                       zero_division=0)]
+    prior = np.bincount(y, minlength=k) / len(y)
+    for p in (np.full(k, 1 / k), prior):
+        scores.append(np.mean([f1_score(y, rng.choice(k, size=len(y), p=p), average="macro", labels=labels,
+                                        zero_division=0) for _ in range(200)]))
+    return max(scores)
+
+
 def test_base_recipe_learns_above_chance(tiny_trial, tmp_path):
-    """A few epochs of the base recipe on affwild2_like beat chance on EXPR and VA by a margin."""
-    cfg = tiny_trial(dataset={"n": 3000, "image_size": 32}, epochs=6, batch_size=64, lr=3e-3)
+    """A few epochs of the base recipe on affwild2_like beat image-blind predictors by a clear margin."""
+    from trainers.engine import prepare_data
+
+    cfg = tiny_trial(dataset={"n": 2500, "image_size": 48}, epochs=5, batch_size=64, lr=3e-3)
     m = fit(cfg, tmp_path / "t", progress=False).metrics
-    k = cfg.label_space.num_classes
-    # chance macro-F1 of a classifier that ignores the image is at most ~1/K on these labels
-    assert m["expr_f1"] > 1.5 / k
-    assert m["va_ccc"] > 0.2
+    val = prepare_data(cfg).val_index
+    y = val["expr"].to_numpy()
+    chance = chance_macro_f1(y[y >= 0], cfg.label_space.num_classes)
+    assert m["expr_f1"] > 1.5 * chance, (m["expr_f1"], chance)
+    assert m["va_ccc"] > 0.2  # an image-blind constant has CCC 0
     assert np.isfinite(m["au_f1"]) and m["au_f1"] > 0
     assert m["p_mtl"] == pytest.approx(m["va_ccc"] + m["expr_f1"] + m["au_f1"])
 

@@ -30,6 +30,7 @@ from trainers.data.pipeline import (
     apply_label_noise,
     augment_batch,
     epoch_order,
+    iterate_batches,
     load_split,
     order_hash,
     oversampling_weights,
@@ -188,9 +189,11 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
         sums: dict = {}
         counts: dict[str, int] = {}
         t0 = time.perf_counter()
-        for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            images = data.train_images.take(idx).to(device, non_blocking=True)
+        batches = iterate_batches(data.train_images, order, cfg.batch_size, steps_per_epoch, cfg.num_workers,
+                                  pin_memory=cuda)
+        for b, (idx, images) in enumerate(batches):
+            idx = np.asarray(idx)
+            images = images.to(device, non_blocking=True)
             x = augment_batch(images, backbone.mean, backbone.std, aug_gen, cfg.augment.hflip,
                               cfg.augment.color_jitter, train=True, channels_last=cuda and cfg.channels_last)
             batch = data.train_labels.batch(torch.from_numpy(idx), device)

@@ -195,16 +195,78 @@ def augment_batch(images: torch.Tensor, mean, std, generator: torch.Generator | 
     x = images.float().div_(255)
     if train:
         b = x.shape[0]
+        # draws on the CPU from the seeded generator, applied with torch.where (no GPU sync)
+        draws = torch.rand(b, 3, generator=generator).to(x.device, non_blocking=True)
         if hflip:
-            flip = torch.rand(b, generator=generator) < 0.5
-            x[flip.to(x.device)] = x[flip.to(x.device)].flip(-1)
+            x = torch.where((draws[:, 0] < 0.5).view(b, 1, 1, 1), x.flip(-1), x)
         if color_jitter > 0:
-            bright = 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * color_jitter
-            contrast = 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * color_jitter
+            bright = (1 + (draws[:, 1] * 2 - 1) * color_jitter).view(b, 1, 1, 1)
+            contrast = (1 + (draws[:, 2] * 2 - 1) * color_jitter).view(b, 1, 1, 1)
             mu = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = ((x - mu) * contrast.to(x.device) + mu) * bright.to(x.device)
-            x = x.clamp_(0, 1)
+            x = (((x - mu) * contrast + mu) * bright).clamp_(0, 1)
     m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     x = (x - m) / s
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Batch b of an epoch's order, gathered in one call (worker processes build whole batches)."""
+
+    def __init__(self, store: ImageStore, order: np.ndarray, batch_size: int, steps: int) -> None:
+        self.store, self.order, self.batch_size, self.steps = store, order, batch_size, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, b: int) -> tuple[np.ndarray, torch.Tensor]:
+        idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+        return idx, self.store.take(idx)
+
+
+def iterate_batches(store: ImageStore, order: np.ndarray, batch_size: int, steps: int, num_workers: int = 0,
+                    pin_memory: bool = False, prefetch: int = 2):
+    """Yield (sample indices, uint8 images) for the epoch's ``order``, prepared ahead of the model.
+
+    With ``num_workers`` > 0 a DataLoader's worker processes gather (and, on the JPEG path, decode)
+    whole batches; otherwise a background thread does (numpy copies and PIL decoding release the
+    GIL). Either way the order is exactly ``order``, so data order stays a function of the seed.
+    """
+    batches = _Batches(store, order, batch_size, steps)
+    if num_workers > 0:
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=num_workers,
+                                             pin_memory=pin_memory, prefetch_factor=prefetch,
+                                             persistent_workers=False)
+        yield from loader
+        return
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for b in range(steps):
+                if stop.is_set():
+                    return
+                idx, images = batches[b]
+                q.put((idx, images.pin_memory() if pin_memory else images))
+            q.put(None)
+        except BaseException as e:  # surface loader errors (a missing image) in the training thread
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True, name="affsweep-prefetch")
+    thread.start()
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
