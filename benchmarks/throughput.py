@@ -20,7 +20,7 @@ import time
 import torch
 
 from trainers.config import TrialConfig
-from trainers.engine import fit, resolve_device
+from trainers.engine import backbone_kwargs, fit, resolve_device
 from trainers.methods import MethodContext, create_method
 from trainers.models import create_backbone, upper_stages
 
@@ -35,7 +35,7 @@ def model_only(cfg: TrialConfig, steps: int) -> float:
     ctx = MethodContext(label_space=space, train_index=None, class_counts=np.ones(space.num_classes),
                         au_pos_weight=None, device=device)
     method = create_method("focal", ctx)
-    bb = create_backbone(cfg.backbone.name, cfg.backbone.pretrained, **cfg.backbone.kwargs)
+    bb = create_backbone(cfg.backbone.name, cfg.backbone.pretrained, **backbone_kwargs(cfg))
     model = method.build_model(bb.encoder, bb.feat_dim).to(device)
     if cuda and cfg.channels_last:
         model.to(memory_format=torch.channels_last)

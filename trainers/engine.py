@@ -65,6 +65,14 @@ class TrialResult:
     history: list[dict] = field(default_factory=list)
 
 
+def backbone_kwargs(cfg: TrialConfig) -> dict:
+    """timm kwargs; a ViT is built for the dataset's resolution (position embeddings resampled)."""
+    kwargs = dict(cfg.backbone.kwargs)
+    if "vit" in cfg.backbone.name and "img_size" not in kwargs:
+        kwargs["img_size"] = cfg.dataset.image_size
+    return kwargs
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -125,7 +133,7 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
     torch.manual_seed(cfg.seed)  # the seed fixes the initialisation of everything seeded
     method = create_method(m.name, ctx, cost=m.cost, lam=m.lam, consistency=m.consistency,
                            imported_from=m.imported_from, **m.options)
-    backbone = create_backbone(cfg.backbone.name, cfg.backbone.pretrained, **cfg.backbone.kwargs)
+    backbone = create_backbone(cfg.backbone.name, cfg.backbone.pretrained, **backbone_kwargs(cfg))
     model = method.build_model(backbone.encoder, backbone.feat_dim)
     method.setup(model, backbone.feat_dim)
     model.to(device)

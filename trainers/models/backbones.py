@@ -66,13 +66,8 @@ def timm_backbone(name: str, pretrained: bool | str = False, state_dict_key: str
     try:
         encoder = timm.create_model(name, pretrained=use_hub, num_classes=0, **kwargs)
     except Exception as e:  # offline hub / missing cache: say what to place where
-        if use_hub:
-            hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
-            raise WeightsError(
-                f"backbone {name!r}: pretrained weights are not in the local cache and cannot be downloaded "
-                f"({type(e).__name__}). Place the checkpoint file on disk and set `backbone.pretrained: "
-                f"/path/to/file` (or populate the Hugging Face cache at {hf_home})."
-            ) from None
+        if use_hub and _is_download_error(e):
+            raise WeightsError(hub_weights_message(name, e)) from None
         raise
     if isinstance(pretrained, str):
         load_checkpoint(encoder, pretrained, state_dict_key=state_dict_key, key_filter=key_filter)
@@ -93,7 +88,12 @@ def load_checkpoint(encoder: nn.Module, path: str, state_dict_key: str | None = 
     if not file.is_file():
         raise WeightsError(f"backbone.pretrained: weight file {file} does not exist")
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=False)
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(file, device="cpu")
+        else:
+            obj = torch.load(file, map_location="cpu", weights_only=False)
     except Exception as e:
         raise WeightsError(f"backbone.pretrained: cannot read {file} ({type(e).__name__}: {e})") from None
     state = obj
@@ -101,13 +101,54 @@ def load_checkpoint(encoder: nn.Module, path: str, state_dict_key: str | None = 
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
             break
+    if not isinstance(state, dict):
+        raise WeightsError(f"backbone.pretrained: {file} holds a {type(state).__name__}, not a state dict")
     if key_filter is not None:
         state = key_filter(state)
+    own = encoder.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
+    if wrong:  # a checkpoint of another size (ViT-S for ViT-B, …) would otherwise fail deep inside torch
+        raise WeightsError(f"backbone.pretrained: {file} does not fit this architecture: {len(wrong)} tensors have "
+                           f"another shape, e.g. {wrong[:3]}")
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("head", "fc."))]
     if missing:
         raise WeightsError(f"backbone.pretrained: {file} lacks {len(missing)} encoder keys, e.g. {missing[:3]}")
     return list(unexpected)
+
+
+def _is_download_error(e: Exception) -> bool:
+    """A failure to fetch weights (offline, no cache, HTTP), not a bad architecture argument."""
+    return isinstance(e, OSError) or type(e).__module__.split(".")[0] in {"huggingface_hub", "httpx", "requests",
+                                                                          "urllib3"}
+
+
+def hub_weights_message(name: str, error: Exception | None = None) -> str:
+    """Where timm looks for ``name``'s weights and what to place where when it cannot download them."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:
+        cfg = None
+    repo = getattr(cfg, "hf_hub_id", None)
+    try:
+        from huggingface_hub import constants
+
+        cache = constants.HF_HUB_CACHE
+    except ImportError:
+        cache = os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub")
+    why = f" ({type(error).__name__})" if error is not None else ""
+    if repo:
+        filename = getattr(cfg, "hf_hub_filename", None) or "model.safetensors"
+        where = (f"timm reads {filename} of the Hugging Face repo {repo} from the cache {cache}. On a machine "
+                 f"with internet run `hf download {repo}` and copy the folder models--{repo.replace('/', '--')} "
+                 f"into {cache} (or point HF_HOME at a copy of that cache), or download {filename} and set "
+                 f"`backbone.pretrained: /path/to/{filename}`")
+    else:
+        url = getattr(cfg, "url", "") or "its release page"
+        where = (f"download the weights ({url}) on a machine with internet and set "
+                 f"`backbone.pretrained: /path/to/file`")
+    return f"backbone {name!r}: pretrained weights are not in the local cache and cannot be downloaded{why}; {where}."
 
 
 def encoder_stages(encoder: nn.Module) -> list[list[nn.Parameter]]:

@@ -32,7 +32,11 @@ class MultiTaskNet(nn.Module):
 
 
 def upper_stages(stages: list[list[nn.Parameter]], fraction: float) -> list[nn.Parameter]:
-    """The parameters of the top ``fraction`` of the blocks (the stem, stage 0, never counts)."""
+    """The parameters of the top ``fraction`` of the blocks. The stem (stage 0: patch/position
+    embedding, or a CNN's first convolution) counts only at ``fraction`` = 1, the whole encoder,
+    which is what a scratch encoder needs."""
+    if fraction >= 1:
+        return [p for stage in stages for p in stage]
     blocks = stages[1:]
     n = math.ceil(fraction * len(blocks) - 1e-9)
     return [p for stage in blocks[len(blocks) - n:] for p in stage] if n > 0 else []

@@ -1,0 +1,315 @@
+"""The sweep report: ``report.md`` and a self-contained ``report.html``, optionally logged to MLflow.
+
+:func:`run_analysis` loads a sweep (directory, results file, or MLflow), analyses it
+(:func:`analysis.study.analyze`), renders every table and figure and writes::
+
+    <out>/report.md                    tables inline, figures linked from report_files/
+    <out>/report.html                  self-contained: tables inline, figures embedded as base64
+    <out>/report_files/figures/*.png
+    <out>/report_files/tables/*.{csv,tex}
+
+:func:`log_report_to_mlflow` attaches those files to the sweep's parent run through
+``MlflowClient`` with an explicit run id. :func:`main` is ``affsweep analyze``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import os
+import socket
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from analysis.plan import AnalysisPlan, selector_label
+from analysis.results import SweepResults, load_sweep
+from analysis.study import Analysis, analyze
+from analysis.tables import Table, all_tables, metric_name
+
+__all__ = ["AnalysisReport", "log_report_to_mlflow", "main", "run_analysis"]
+
+REPORT_FILES = "report_files"
+MAX_DIFFERENCE_ROWS = 30
+
+
+@dataclass(frozen=True, eq=False)
+class AnalysisReport:
+    directory: Path
+    markdown: Path
+    html: Path
+    tables: tuple[Table, ...]
+    figures: tuple[Path, ...]
+    table_files: tuple[Path, ...]
+    analysis: Analysis
+    plan_hash: str
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self.analysis.warnings
+
+    @property
+    def paths(self) -> list[Path]:
+        """Every file written, report first (what :func:`log_report_to_mlflow` uploads)."""
+        return [self.markdown, self.html, *self.figures, *self.table_files]
+
+    def table(self, key: str) -> Table:
+        for t in self.tables:
+            if t.key == key:
+                return t
+        raise KeyError(f"no table {key!r}; tables are {[t.key for t in self.tables]}")
+
+
+def _slug(text: str) -> str:
+    keep = "".join(ch if ch.isalnum() else "_" for ch in text)
+    return "_".join(part for part in keep.split("_") if part)[:60] or "x"
+
+
+def _write_figures(analysis: Analysis, directory: Path) -> list[tuple[str, Path]]:
+    from analysis import figures
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[str, Path]] = []
+    for i, (stratum, payload) in enumerate(analysis.circumplexes):
+        label = ", ".join(f"{k}={v}" for k, v in stratum) or analysis.sweep.name
+        path = directory / f"circumplex_{i}.png"
+        figures.plot_circumplex(payload["centroids"], payload["class_names"], payload.get("radial_se"),
+                                payload.get("degenerate_pair"), path=path, title=f"Circumplex — {label}")
+        written.append((f"Class centroids on the circumplex ({label})", path))
+
+    strata = list(dict.fromkeys(c.stratum for c in analysis.confusions))
+    for i, stratum in enumerate(strata):
+        panels = [c for c in analysis.confusions if c.stratum == stratum]
+        names = panels[0].class_names
+        panels = [p for p in panels if p.class_names == names]
+        path = directory / f"confusion_{i}.png"
+        figures.plot_confusions([p.matrix for p in panels], names,
+                                [f"{p.condition} ({p.n_trials} seeds)" for p in panels], path=path)
+        label = ", ".join(f"{k}={v}" for k, v in stratum) or "all"
+        written.append((f"Confusion matrices summed over paired seeds, row-normalised ({label})", path))
+
+    planned = [c for r in (*analysis.primary, *analysis.secondary) for c in r.comparisons]
+    for metric in dict.fromkeys(c.metric for c in planned):
+        comps = [c for c in planned if c.metric == metric][:MAX_DIFFERENCE_ROWS]
+        labels = [f"[{c.contrast.role[0].upper()}] {c.contrast.label}"
+                  + (f" | {c.stratum_label}" if c.stratum else "") for c in comps]
+        path = directory / f"paired_{_slug(metric)}.png"
+        figures.plot_paired_differences({lab: c.differences for lab, c in zip(labels, comps)},
+                                        {lab: tuple(c.ci) for lab, c in zip(labels, comps)},
+                                        metric=metric_name(metric), path=path)
+        written.append((f"Per-seed paired differences, {metric_name(metric)} ([P] primary, [S] secondary)", path))
+
+    for i, dose in enumerate(analysis.dose_response):
+        label = ", ".join(f"{k}={v}" for k, v in dose.stratum) or "all"
+        path = directory / f"dose_response_{i}.png"
+        figures.plot_dose_response(dose.lam, dose.series, dose.class_series or None, metric=metric_name(dose.metric),
+                                   path=path, title=f"{metric_name(dose.metric)} vs λ ({label})")
+        written.append((f"Dose–response over λ ({label})", path))
+    return written
+
+
+def _plan_lines(analysis: Analysis) -> tuple[list[str], list[str]]:
+    plan = analysis.plan
+    primary = [f"{selector_label(a)} **vs** {selector_label(b)}" for a, b in plan.primary]
+    secondary = [f"{selector_label(a)} **vs** {selector_label(b)}" for a, b in plan.secondary]
+    return primary, secondary
+
+
+def _markdown(analysis: Analysis, tables: Sequence[Table], figures: Sequence[tuple[str, Path]], out: Path,
+              plan_hash: str) -> str:
+    sweep, plan = analysis.sweep, analysis.plan
+    primary, secondary = _plan_lines(analysis)
+    frame = sweep.results
+    lines = [f"# Analysis of sweep `{sweep.name}`", "",
+             f"- trials: {len(frame)} ({int((frame['status'].astype(str) == 'done').sum())} done)",
+             f"- axes: {', '.join(sweep.axes) or '(none)'}; varying: {', '.join(analysis.varying_axes) or '(none)'}",
+             f"- analysis plan hash: `{plan_hash}` (source: {analysis.plan_source})",
+             f"- baseline: {selector_label(dict(analysis.baseline)) if analysis.baseline else '(none)'}; "
+             f"treatment for the descriptive tables: "
+             f"{selector_label(dict(analysis.treatment)) if analysis.treatment else '(none)'}",
+             f"- metrics: {', '.join(plan.metrics)}; α = {plan.alpha:g}; bootstrap resamples = {plan.n_resamples}; "
+             f"seed = {plan.seed}", "",
+             "## Planned contrasts", "",
+             "**Primary** (pre-planned single hypotheses, each at its own p):", ""]
+    lines += [f"- {p}" for p in primary] or ["- (none)"]
+    lines += ["", "**Secondary** (one Holm family over contrasts × strata × metrics):", ""]
+    lines += [f"- {s}" for s in secondary] or ["- (none)"]
+    lines += ["", "## Warnings", ""]
+    lines += [f"- ⚠ {w}" for w in analysis.warnings] or ["- none"]
+    lines += ["", "## Tables", ""]
+    for t in tables:
+        lines += [t.to_markdown(), ""]
+    lines += ["## Figures", ""]
+    for caption, path in figures:
+        lines += [f"![{caption}]({path.relative_to(out).as_posix()})", "", f"*{caption}*", ""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;color:#222;
+padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table.affsweep{border-collapse:collapse;margin:1.2em 0 .3em;font-size:.86em}
+table.affsweep caption{text-align:left;font-weight:600;padding:.3em 0}
+table.affsweep th,table.affsweep td{border:1px solid #ccc;padding:.25em .55em;text-align:left}
+table.affsweep td{white-space:nowrap}
+table.affsweep th{background:#f2f4f7}table.affsweep tr:nth-child(even) td{background:#fafbfc}
+p.note{font-size:.8em;color:#555;margin:.1em 0}.warn{color:#a04000}
+figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#444}
+code{background:#f4f4f4;padding:0 .25em}
+"""
+
+
+def _html(analysis: Analysis, tables: Sequence[Table], figures: Sequence[tuple[str, Path]], plan_hash: str) -> str:
+    sweep, plan = analysis.sweep, analysis.plan
+    primary, secondary = _plan_lines(analysis)
+
+    def items(lines: Iterable[str]) -> str:
+        rendered = [f"<li>{html.escape(s).replace('**vs**', '<strong>vs</strong>')}</li>" for s in lines]
+        return "".join(rendered) or "<li>(none)</li>"
+
+    frame = sweep.results
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>affsweep analysis — {html.escape(sweep.name)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Analysis of sweep <code>{html.escape(sweep.name)}</code></h1><ul>",
+        f"<li>trials: {len(frame)} ({int((frame['status'].astype(str) == 'done').sum())} done)</li>",
+        f"<li>axes: {html.escape(', '.join(sweep.axes) or '(none)')}</li>",
+        f"<li>analysis plan hash: <code id='plan-hash'>{plan_hash}</code> "
+        f"(source: {html.escape(analysis.plan_source)})</li>",
+        f"<li>metrics: {html.escape(', '.join(plan.metrics))}; α = {plan.alpha:g}; "
+        f"bootstrap resamples = {plan.n_resamples}</li></ul>",
+        "<h2>Planned contrasts</h2><p><strong>Primary</strong> (pre-planned single hypotheses):</p>",
+        f"<ul id='primary'>{items(primary)}</ul>",
+        "<p><strong>Secondary</strong> (one Holm family):</p>",
+        f"<ul id='secondary'>{items(secondary)}</ul>",
+        "<h2>Warnings</h2><ul id='warnings'>",
+        "".join(f"<li class='warn'>⚠ {html.escape(w)}</li>" for w in analysis.warnings) or "<li>none</li>",
+        "</ul><h2>Tables</h2>",
+        *[t.to_html() for t in tables],
+        "<h2>Figures</h2>",
+    ]
+    for caption, path in figures:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def run_analysis(source=None, out: str | os.PathLike | None = None, plan: AnalysisPlan | None = None,
+                 tracking_uri: str | None = None, sweep: str | None = None) -> AnalysisReport:
+    """Analyse a sweep and write ``report.md`` / ``report.html`` into the sweep directory (or ``out``).
+
+    ``source``: a sweep directory, a results file, a loaded :class:`SweepResults`, or a sweep name
+    (with ``tracking_uri`` it is loaded from MLflow). ``plan`` overrides the sweep's ``analysis:``
+    block; without either, a plan is inferred and the report says so.
+    """
+    data = source if isinstance(source, SweepResults) else load_sweep(source, tracking_uri=tracking_uri, sweep=sweep)
+    if out is None:
+        if data.directory is None:
+            raise ValueError(f"sweep {data.name!r} was loaded from MLflow: pass out= to say where the report goes")
+        out = data.directory
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    analysis = analyze(data, plan)
+    plan_hash = analysis.plan.plan_hash()
+    tables = tuple(all_tables(analysis))
+    figures = _write_figures(analysis, out / REPORT_FILES / "figures")
+    table_dir = out / REPORT_FILES / "tables"
+    table_dir.mkdir(parents=True, exist_ok=True)
+    table_files = []
+    for t in tables:
+        for suffix, text in ((".csv", t.to_csv()), (".tex", t.to_latex())):
+            path = table_dir / f"{t.key}{suffix}"
+            path.write_text(text, encoding="utf-8")
+            table_files.append(path)
+    markdown = out / "report.md"
+    markdown.write_text(_markdown(analysis, tables, figures, out, plan_hash), encoding="utf-8")
+    report_html = out / "report.html"
+    report_html.write_text(_html(analysis, tables, figures, plan_hash), encoding="utf-8")
+    return AnalysisReport(out, markdown, report_html, tables, tuple(p for _, p in figures), tuple(table_files),
+                          analysis, plan_hash)
+
+
+def log_report_to_mlflow(tracking_uri: str, parent_run_id: str, paths: Iterable[str | os.PathLike],
+                         artifact_path: str = "report") -> list[str]:
+    """Attach report files to the sweep's parent run (``MlflowClient.log_artifact`` with its run id).
+
+    Files under a ``report_files/`` folder keep their sub-folder (``report/figures/x.png``).
+    Returns the artifact paths written.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    logged = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such report file to log")
+        sub = artifact_path
+        if path.parent.parent.name == REPORT_FILES:
+            sub = f"{artifact_path}/{path.parent.name}"
+        client.log_artifact(parent_run_id, str(path), artifact_path=sub)
+        logged.append(f"{sub}/{path.name}")
+    client.set_tag(parent_run_id, "affsweep.report", f"{artifact_path}/report.html")
+    return logged
+
+
+def _reachable(uri: str, timeout: float = 1.0) -> bool:
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return True
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``affsweep analyze SWEEP_DIR|SWEEP_NAME [--out DIR] [--tracking-uri URI] [--no-mlflow]``."""
+    parser = argparse.ArgumentParser(
+        prog="affsweep analyze",
+        description="Pair a sweep's trials by seed, test the planned contrasts and write report.md/report.html.")
+    parser.add_argument("sweep", help="sweep directory, results file (.parquet/.csv), or sweep name")
+    parser.add_argument("--out", help="where to write the report (default: the sweep directory)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (to load the sweep by name, and to log the report)")
+    parser.add_argument("--storage", help="directory holding sweep directories (default $AFFSWEEP_STORAGE)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the report to the sweep's MLflow run")
+    args = parser.parse_args(argv)
+    try:
+        data = load_sweep(args.sweep, tracking_uri=args.tracking_uri, storage=args.storage)
+        out = args.out or data.directory or Path.cwd() / f"{data.name}-report"
+        report = run_analysis(data, out=out)
+    except (FileNotFoundError, LookupError, ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"affsweep analyze: {message}", file=sys.stderr)
+        return 2
+    print(f"wrote {report.markdown}")
+    print(f"wrote {report.html}")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+    info = data.mlflow or {}
+    uri, parent = args.tracking_uri or info.get("tracking_uri"), info.get("parent_run_id")
+    if args.no_mlflow or not uri or not parent:
+        return 0
+    if not _reachable(uri):
+        print(f"warning: MLflow at {uri} is not reachable; the report was not logged "
+              f"(log it later with analysis.report.log_report_to_mlflow)", file=sys.stderr)
+        return 0
+    try:
+        logged = log_report_to_mlflow(uri, parent, report.paths)
+    except Exception as exc:  # the report on disk stands; MLflow errors are reported, not fatal
+        print(f"warning: logging the report to MLflow run {parent} failed: {exc}", file=sys.stderr)
+        return 0
+    print(f"logged {len(logged)} report file(s) to MLflow run {parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
