@@ -34,6 +34,8 @@ class DatasetConfig(_Strict):
     root: str | None = None              # real datasets; environment variables are expanded
     image_size: int = Field(64, ge=16)
     val_fraction: float = Field(0.2, gt=0.0, lt=0.9)  # synthetic only: fraction of groups held out
+    drop_tasks: list[Literal["va", "expr", "au"]] = Field(default_factory=list)  # hide these labels
+    # (e.g. a RAF-DB-like synthetic dataset: drop_tasks [va, au] — no geometry of its own)
     every_k: int = Field(1, ge=1)        # Aff-Wild2 frame subsampling
     crop_faces: bool = False             # AffectNet face-box crop
     cache: bool = False                  # read the decoded uint8 cache instead of JPEGs

@@ -39,7 +39,20 @@ def group_split(index: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd
 
 
 def load_split(ds, split: str) -> pd.DataFrame:
-    """The index of ``split`` ("train" or "val") for a DatasetConfig."""
+    """The index of ``split`` ("train" or "val") for a DatasetConfig, without ``ds.drop_tasks``."""
+    index = _load_split(ds, split)
+    if ds.drop_tasks:
+        index = index.copy()
+        if "va" in ds.drop_tasks:
+            index[["valence", "arousal"]] = np.nan
+        if "expr" in ds.drop_tasks:
+            index["expr"] = -1
+        if "au" in ds.drop_tasks:
+            index[list(AU_NAMES)] = np.nan
+    return index
+
+
+def _load_split(ds, split: str) -> pd.DataFrame:
     if ds.name == "synthetic":
         from trainers.data.synthetic import synthetic
 
