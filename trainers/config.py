@@ -118,6 +118,8 @@ class TrialConfig(_Strict):
     unfreeze_fraction: float = Field(0.5, ge=0, le=1)  # METHODS §2: upper fraction of blocks unfrozen
     encoder_lr_factor: float = Field(0.1, gt=0)       # METHODS §2: encoder LR = factor × head LR
     ema_decay: float = Field(0.999, ge=0, lt=1)       # METHODS §2
+    bn_recalibration_batches: int = Field(16, ge=0)   # re-estimate BatchNorm statistics of the EMA
+    # weights on this many training batches before evaluating (as SWA does); 0 = off
     oversample: bool = True                           # METHODS §2: inverse class frequency sampling
     max_steps_per_epoch: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(256, ge=1)

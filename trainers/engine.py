@@ -235,6 +235,7 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
             model, lambda: iterate_outputs(model, data.train_images, cfg, backbone, device), state))
 
         # --- evaluate (the EMA weights, METHODS §2) -------------------------------------------
+        recalibrate_batchnorm(ema.module, data.train_images, order, cfg, backbone, device)
         evaluation = evaluate(ema.module, method, data, cfg, backbone, device, ctx)
         epoch_metrics.update({k: v for k, v in evaluation.metrics.items() if not isinstance(v, str)})
         epoch_metrics["epoch"] = epoch
@@ -255,7 +256,9 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
     bar.close()
 
     # --- final result --------------------------------------------------------------------------
-    final = evaluate(ema.module, method, data, cfg, backbone, device, ctx) if not history else evaluation
+    # resumed from the last epoch's checkpoint (killed before result.json): evaluate the restored EMA
+    ran_an_epoch = start <= cfg.epochs
+    final = evaluation if ran_an_epoch else evaluate(ema.module, method, data, cfg, backbone, device, ctx)
     metrics = {**final.metrics, "epochs": cfg.epochs, "train_seconds": train_seconds,
                "images_per_second": images_seen / train_seconds if train_seconds > 0 else float("nan"),
                "data_order_hash": first_order, **method.parameter_counts(model)}
@@ -272,6 +275,34 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
 class Evaluation:
     metrics: dict
     confusion: np.ndarray
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model, images: ImageStore, order: np.ndarray, cfg: TrialConfig, backbone, device) -> None:
+    """Re-estimate BatchNorm running statistics of the (EMA) model on the first training batches of
+    this epoch's order, unaugmented. An average of weights carries running statistics that belong to
+    none of them (most visibly after few steps); SWA recomputes them the same way. No-op without BN."""
+    n_batches = cfg.bn_recalibration_batches
+    if n_batches == 0 or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    cuda = device.type == "cuda"
+    idx = order[: n_batches * cfg.batch_size]
+    inputs = [augment_batch(images.take(idx[i:i + cfg.batch_size]).to(device), backbone.mean, backbone.std, None,
+                            train=False, channels_last=cuda and cfg.channels_last)
+              for i in range(0, len(idx), cfg.batch_size)]
+
+    class Images(torch.nn.Module):  # update_bn feeds each element to model(...)
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.amp):
+                return self.inner(x)
+
+    was_training = model.training
+    torch.optim.swa_utils.update_bn(inputs, Images(model), device=device)
+    model.train(was_training)
 
 
 @torch.no_grad()
