@@ -173,7 +173,7 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
     if sample_weights is None and cfg.oversample:
         sample_weights = oversampling_weights(data.train_index["expr"].to_numpy())
     n_train = len(data.train_images)
-    steps_per_epoch = -(-n_train // cfg.batch_size)
+    steps_per_epoch = max(1, n_train // cfg.batch_size)  # full batches only: BatchNorm cannot take one frame
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     bar = tqdm(total=(cfg.epochs - start + 1) * steps_per_epoch, disable=not progress, desc=cfg.trial_id,
