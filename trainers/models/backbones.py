@@ -97,6 +97,10 @@ def load_checkpoint(encoder: nn.Module, path: str, state_dict_key: str | None = 
     except Exception as e:
         raise WeightsError(f"backbone.pretrained: cannot read {file} ({type(e).__name__}: {e})") from None
     state = obj
+    if isinstance(obj, dict) and "trial_id" in obj and "ema" in obj and state_dict_key is None:
+        # an affsweep trial checkpoint (checkpoints/last.pt): its evaluated (EMA) encoder
+        state = {k.removeprefix("module.encoder."): v for k, v in obj["ema"].items()
+                 if k.startswith("module.encoder.")}
     for key in ([state_dict_key] if state_dict_key else ["model", "state_dict", "model_state"]):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
