@@ -51,10 +51,9 @@ def _synth(args) -> int:
 
 
 def _cache(args) -> int:
+    from trainers.config import DatasetConfig
     from trainers.data.cache import build_cache
     from trainers.data.pipeline import load_split
-
-    from trainers.config import DatasetConfig
 
     ds = DatasetConfig(name=args.dataset, root=args.root, image_size=args.image_size)
     splits = ["train", "val"] if args.split == "all" else [args.split]

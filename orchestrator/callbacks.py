@@ -1,0 +1,79 @@
+"""Ray Tune's driver-side hooks for a sweep (imported only when a sweep actually runs)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ray import tune
+
+from orchestrator import results as record
+from orchestrator import tracking
+
+
+def trial_name(trial) -> str:
+    """Trials appear in Tune's table and directories under their content-addressed id."""
+    return trial.config["trial"]["trial_id"]
+
+
+class SweepCallback(tune.Callback):
+    """As each trial finishes, update the results table and its condition's MLflow summary; record a
+    trial Ray gave up on as failed (in its directory and its MLflow run). Runs in the driver, the
+    only writer of ``results.parquet`` and of the summary runs."""
+
+    def __init__(self, plan, sweep_dir: Path, tracker, say):
+        self.plan, self.sweep_dir, self.tracker, self.say = plan, sweep_dir, tracker, say
+        self.by_id = {t.trial_id: t for t in plan.trials}
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        t = self.by_id[trial_name(trial)]
+        result = record.read_result(record.trial_dir(self.sweep_dir, t.trial_id)) or {}
+        shown = "  ".join(f"{k} {result[k]:.3f}" for k in ("p_mtl", "expr_f1", "error_severity")
+                          if isinstance(result.get(k), float))
+        self.say(f"trial {t.trial_id} done ({t.condition}, seed {t.seed}): {shown}")
+        record.write_results(self.plan, self.sweep_dir)
+        self._safely(lambda: tracking.refresh_summaries(self.plan, self.sweep_dir, self.tracker, only=t.condition))
+        _drop_ray_checkpoint(trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        tid = trial_name(trial)
+        error = record.read_state(record.trial_dir(self.sweep_dir, tid)).get("error") or "worker lost"
+        self.say(f"trial {tid} failed ({error}); Ray retries it from its last checkpoint")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        tid = trial_name(trial)
+        error = trial_error(self.sweep_dir, tid, trial)
+        record.update_state(record.trial_dir(self.sweep_dir, tid), status="failed", error=error)
+        record.write_results(self.plan, self.sweep_dir)
+        run_id = trial.config["trial"]["run_id"]
+        self._safely(lambda: tracking.mark_trial_failed(self.tracker.client, run_id, error, final=True))
+        self.say(f"trial {tid} FAILED after {trial.num_failures} attempt(s): {error}")
+
+    def _safely(self, fn) -> None:
+        # MLflow being briefly unreachable must not abort the sweep; the driver reconciles at the end
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            self.say(f"warning: MLflow update failed ({type(e).__name__}: {e}); retried at the end")
+
+
+def trial_error(sweep_dir: Path, tid: str, trial) -> str:
+    """The trainable's own one-line error, else the last line of Ray's error file."""
+    error = record.read_state(record.trial_dir(sweep_dir, tid)).get("error")
+    if error:
+        return error
+    path = getattr(trial, "error_file", None)  # the worker died before the trainable could say why
+    if path and Path(path).is_file():
+        lines = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+        if lines:
+            return lines[-1][:2000]
+    return "the trial's worker died"
+
+
+def _drop_ray_checkpoint(trial) -> None:
+    """A finished trial is never restored: free Ray's copy of its last checkpoint (the trial
+    directory keeps ``checkpoints/last.pt``). Only for local storage."""
+    ckpt = getattr(trial, "checkpoint", None)
+    path = getattr(ckpt, "path", None)
+    if path and Path(path).is_dir() and Path(path).name.startswith("checkpoint_"):
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,321 @@
+"""Grid points -> fully resolved TrialConfigs, in a deterministic order (DESIGN "One trial").
+
+Order: the Cartesian product of the grid in the YAML's key order (the last key varies fastest),
+minus ``exclude``, then the ``include`` points; points that resolve to the same TrialConfig (same
+content-addressed ``trial_id``) collapse into the first. Seeds are matched by construction: the
+trainer derives the data order from the seed alone (``data_order_hash``), so every condition that
+shares a seed sees the same samples in the same order.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from analysis.plan import AnalysisPlan, selector_label
+from orchestrator.spec import ConfigError, SweepSpec, YamlSource, literal_message, read_spec, unknown_message
+from trainers.config import TrialConfig, describe_validation_error
+
+__all__ = ["SweepPlan", "Trial", "expand", "format_dry_run", "load_sweep", "same_value"]
+
+
+@dataclass(frozen=True)
+class Trial:
+    trial_id: str
+    config: TrialConfig
+    seed: int
+    axes: dict[str, Any]  # every axis but seed -> its resolved value (the condition)
+
+    @property
+    def condition(self) -> str:
+        return condition_label(self.axes)
+
+    @property
+    def condition_id(self) -> str:
+        return condition_id(self.axes)
+
+
+def condition_label(axes: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_show(v)}" for k, v in axes.items()) or "(all)"
+
+
+def condition_id(axes: dict[str, Any]) -> str:
+    canonical = json.dumps(axes, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+@dataclass
+class SweepPlan:
+    spec: SweepSpec
+    source: YamlSource
+    trials: list[Trial]
+    axes: list[str]  # column order: grid keys then include keys (seed excluded: it has its own column)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def analysis(self) -> AnalysisPlan:
+        return self.spec.analysis or AnalysisPlan()
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({t.seed for t in self.trials})
+
+    def conditions(self) -> dict[str, list[Trial]]:
+        out: dict[str, list[Trial]] = {}
+        for t in self.trials:
+            out.setdefault(t.condition, []).append(t)
+        return out
+
+
+def load_sweep(path: str | Path) -> SweepPlan:
+    """Read, validate and expand a sweep YAML; raise ConfigError (one line) on any problem."""
+    spec, src = read_spec(path)
+    return expand(spec, src)
+
+
+def expand(spec: SweepSpec, src: YamlSource) -> SweepPlan:
+    grid_keys = list(spec.grid)
+    for i, sel in enumerate(spec.exclude):
+        for key, value in sel.items():
+            where = f"exclude.{i}.{key}"
+            if key not in spec.grid:
+                raise src.error(where, unknown_message(key, grid_keys, what="axis") if key else "empty key")
+            if not any(same_value(value, v) for v in spec.grid[key]):
+                raise src.error(where, f"{value!r} is not a value of the axis (values: "
+                                       f"{', '.join(map(_show, spec.grid[key]))}): the selector removes nothing")
+
+    points: list[tuple[dict[str, Any], str]] = []  # (point, origin) with origin "grid" or "include.<i>"
+    for combo in itertools.product(*spec.grid.values()):
+        point = dict(zip(grid_keys, combo))
+        if any(all(same_value(point[k], v) for k, v in sel.items()) for sel in spec.exclude):
+            continue
+        points.append((point, "grid"))
+    points += [(dict(p), f"include.{i}") for i, p in enumerate(spec.include)]
+    if not points:
+        raise src.error("exclude", "removes every grid point: nothing would run")
+
+    axes = grid_keys + [k for p in spec.include for k in p if k not in grid_keys]
+    axes = list(dict.fromkeys(k for k in axes if k != "seed"))
+    trials: dict[str, Trial] = {}
+    for point, origin in points:
+        cfg = _validate(spec, point, origin, src)
+        if cfg.trial_id in trials:
+            continue  # duplicate point: the same experiment runs once
+        resolved = cfg.model_dump(mode="json")
+        trials[cfg.trial_id] = Trial(cfg.trial_id, cfg, cfg.seed, {k: _get(resolved, k) for k in axes})
+    plan = SweepPlan(spec, src, list(trials.values()), axes)
+    _check_analysis(plan)
+    plan.warnings += _seed_warnings(plan)
+    return plan
+
+
+def _validate(spec: SweepSpec, point: dict[str, Any], origin: str, src: YamlSource) -> TrialConfig:
+    data = copy.deepcopy(spec.base)
+    for key, value in point.items():
+        _set(data, key, copy.deepcopy(value))
+    try:
+        return TrialConfig.model_validate(data)
+    except ValidationError as e:
+        raise _describe_point_error(e, point, origin, src) from None
+
+
+def _describe_point_error(err: ValidationError, point: dict, origin: str, src: YamlSource) -> ConfigError:
+    first = err.errors()[0]
+    whole = describe_validation_error(err)  # "loc: message" with trainers.config's wording
+    loc, _, msg = whole.partition(": ")
+    if first["type"] == "literal_error":
+        msg = literal_message(first)
+    culprit = next((k for k in point if loc == k or loc.startswith(k + ".")), None)
+    if culprit is None:  # a base value (possibly invalid only together with a grid value)
+        return src.error(f"base.{loc}", msg)
+    value = point[culprit]
+    if origin == "grid":
+        path = f"grid.{culprit}"
+        line = src.line(_grid_item(src, culprit, value) or path)
+    else:
+        path = f"{origin}.{culprit}"
+        line = src.line(path)
+    if loc != culprit:
+        msg = f"{loc}: {msg}"
+    if repr(value) not in msg:
+        msg = f"value {_show_repr(value)}: {msg}"
+    return ConfigError(f"{src.path}:{line}: {path}: {msg}" if line else f"{src.path}: {path}: {msg}")
+
+
+def _grid_item(src: YamlSource, key: str, value: Any) -> str | None:
+    """The YAML path of the list item holding ``value`` in grid axis ``key`` (for its line)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(src.text) or {}
+    except yaml.YAMLError:
+        return None
+    node: Any = data.get("grid", {})
+    written = key if key in node else None
+    if written is None:  # nested form: grid: {method: {cost: [...]}}
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        axis = node
+    else:
+        axis = node[written]
+    if isinstance(axis, list):
+        for i, v in enumerate(axis):
+            if v == value:
+                return f"grid.{key}.{i}"
+    return None
+
+
+def _check_analysis(plan: SweepPlan) -> None:
+    """Every selector of the analysis plan must name an axis and a value some trial has."""
+    a, src = plan.spec.analysis, plan.source
+    if a is None:
+        return
+    values: dict[str, list[Any]] = {k: [] for k in [*plan.axes, "seed"]}
+    for t in plan.trials:
+        for k, v in {**t.axes, "seed": t.seed}.items():
+            if not any(same_value(v, x) for x in values[k]):
+                values[k].append(v)
+    selectors = [("analysis.baseline", a.baseline)] if a.baseline else []
+    for group in ("primary", "secondary"):
+        for i, pair in enumerate(getattr(a, group)):
+            selectors += [(f"analysis.{group}.{i}.{j}", side) for j, side in enumerate(pair)]
+    for where, sel in selectors:
+        for key, value in sel.items():
+            if key not in values:
+                raise src.error(where, f"{key}: " + unknown_message(key, list(values), what="axis"))
+            if not any(same_value(value, v) for v in values[key]):
+                close = unknown_message(value, [_show(v) for v in values[key]], what="value")
+                raise src.error(where, f"{key}: {close}")
+
+
+def _seed_warnings(plan: SweepPlan) -> list[str]:
+    """Paired tests need every condition on the same seeds (include/exclude can break that)."""
+    all_seeds = set(plan.seeds)
+    out = []
+    for label, trials in plan.conditions().items():
+        missing = all_seeds - {t.seed for t in trials}
+        if missing and len(plan.conditions()) > 1:
+            out.append(f"condition {label} lacks seeds {sorted(missing)}: those seeds are unpaired for it")
+    return out
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def same_value(a: Any, b: Any) -> bool:
+    """YAML-tolerant equality: 1 == 1.0, "1e-3" == 0.001, None == "null"."""
+    if a == b:
+        return True
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return _show(a) == _show(b)
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, dict | list):
+        return json.dumps(v, sort_keys=True, separators=(",", ":"))
+    return str(v)
+
+
+def _show_repr(v: Any) -> str:
+    return repr(v) if not isinstance(v, dict | list) else _show(v)
+
+
+def _set(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    last = parts[-1]
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        node[last] = _merge(node[last], value)
+    else:
+        node[last] = value
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _get(data: dict, dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+# --- --dry-run -------------------------------------------------------------------------------------
+
+def format_dry_run(plan: SweepPlan, sweep_dir: Path) -> str:
+    spec = plan.spec
+    cols = ["trial_id", "seed", *plan.axes]
+    rows = [[t.trial_id, str(t.seed), *(_show(t.axes[k]) for k in plan.axes)] for t in plan.trials]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = [f"sweep {plan.name}: {len(plan.trials)} trials "
+           f"({len(plan.conditions())} conditions x {len(plan.seeds)} seeds) -> {sweep_dir}", "",
+           line(cols), line(["-" * w for w in widths]), *map(line, rows), ""]
+
+    r = spec.resources
+    cpus, gpus = os.cpu_count() or 1, _local_gpus()
+    fits = int(cpus // r.cpu)
+    if r.gpu > 0:
+        fits = min(fits, int(gpus / r.gpu)) if gpus else 0
+    cap = f"max_concurrent {spec.max_concurrent}" if spec.max_concurrent else "max_concurrent unset"
+    local = min(fits, spec.max_concurrent or fits)
+    out.append(f"resources: per trial cpu={_num(r.cpu)} gpu={_num(r.gpu)}; {cap}; on this machine "
+               f"({cpus} CPUs, {gpus} GPUs) {local} trial(s) at once"
+               + ("" if local else " -- the trials do not fit here; run with --address on a cluster"))
+    out.append(f"failure: max_retries {spec.failure.max_retries}; tracking: {spec.tracking.uri} "
+               f"(experiment {spec.tracking.experiment!r})")
+    a = plan.analysis
+    out += ["", f"analysis plan {a.plan_hash()}" + ("" if spec.analysis else " (no analysis block: defaults)")]
+    if a.baseline:
+        out.append(f"  baseline:  {selector_label(a.baseline)}")
+    for group in ("primary", "secondary"):
+        pairs = getattr(a, group)
+        out.append(f"  {group}:" + ("" if pairs else " (none)"))
+        out += [f"    {selector_label(x)}  vs  {selector_label(y)}" for x, y in pairs]
+    out.append(f"  metrics:   {', '.join(a.metrics)}; alpha {a.alpha}")
+    n = len(plan.seeds)
+    p_min = 2.0 / 2 ** n
+    out.append(f"  {n} seeds -> smallest attainable two-sided p = 2/2^{n} = {p_min:.4g}")
+    if p_min > a.alpha:
+        need = next(k for k in range(1, 64) if 2.0 / 2 ** k <= a.alpha)
+        out.append(f"  WARNING: with {n} seeds no contrast can reach alpha={a.alpha}; "
+                   f"use at least {need} seeds")
+    out += [f"  WARNING: {w}" for w in plan.warnings]
+    return "\n".join(out)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _local_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 -- a dry run must not fail on a broken CUDA install
+        return 0

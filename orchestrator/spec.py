@@ -1,0 +1,307 @@
+"""The sweep YAML as a typed, validated spec (DESIGN "Sweep YAML").
+
+```yaml
+name: demo                          # the sweep directory is <storage>/<name>/
+base: {...}                         # TrialConfig defaults for every grid point
+grid:                               # Cartesian product; dotted keys address nested TrialConfig fields
+  seed: [0, 1, 2]                   #   (a nested mapping ``method: {cost: [...]}`` means the same)
+  method.cost: [none, circumplex]
+include: [{method.cost: uniform, seed: 0}]   # extra grid points (base + the point's keys)
+exclude: [{method.cost: none, seed: 2}]      # points or partial selectors removed from the product
+resources: {cpu: 1, gpu: 0.25}      # per trial; a fractional gpu packs trials on one GPU
+max_concurrent: 4                   # at most this many trials at once (default: as resources allow)
+failure: {max_retries: 2}           # Ray Tune FailureConfig(max_failures=...)
+tracking: {uri: local, experiment: affsweep}  # local: an MLflow server on 127.0.0.1 for the sweep
+analysis: {...}                     # analysis.plan.AnalysisPlan
+storage: runs                       # relative paths are relative to the working directory
+```
+
+As in a GitHub Actions matrix, ``exclude`` filters the Cartesian product and ``include`` points are
+added afterwards, so an explicitly included point is never excluded.
+
+Every problem is reported as ONE line ``FILE:LINE: key.path: what is wrong (did you mean ...?)``
+(``ConfigError``) before anything is started, created or logged: the spec's own keys, every grid
+key (checked against the TrialConfig schema), and every expanded TrialConfig (so a bad grid value
+is named with its grid key and value) — see ``orchestrator.expand.load_sweep``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from analysis.plan import AnalysisPlan
+from trainers.config import ConfigError, TrialConfig, yaml_key_lines
+
+__all__ = ["ConfigError", "Failure", "Resources", "SweepSpec", "Tracking", "YamlSource", "check_dotted_key",
+           "read_spec"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resources(_Strict):
+    """Per-trial resources, as ``tune.with_resources`` takes them."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _ray_fractions(cls, gpu: float) -> float:
+        if gpu > 1 and gpu != int(gpu):
+            raise ValueError(f"a fraction of a GPU must be below 1 (Ray packs trials on one GPU), got {gpu}")
+        return gpu
+
+
+class Failure(_Strict):
+    max_retries: int = Field(2, ge=0)  # Ray Tune FailureConfig(max_failures=max_retries)
+
+
+class Tracking(_Strict):
+    uri: str = Field("local", min_length=1)  # "local" or any MLflow tracking URI
+    experiment: str = Field("affsweep", min_length=1)
+
+
+class SweepSpec(_Strict):
+    name: str
+    base: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]]
+    include: list[dict[str, Any]] = Field(default_factory=list)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrent: int | None = Field(None, ge=1)
+    failure: Failure = Field(default_factory=Failure)
+    tracking: Tracking = Field(default_factory=Tracking)
+    analysis: AnalysisPlan | None = None
+    storage: str = "runs"
+
+    @field_validator("name")
+    @classmethod
+    def _directory_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+            raise ValueError(f"{name!r}: use letters, digits, '.', '_' and '-' (it names the sweep directory)")
+        return name
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _base_mapping(cls, value):
+        return {} if value is None else value
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _flatten_grid(cls, value):
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            return value  # pydantic names the type error
+        flat: dict[str, Any] = {}
+        for key, axis in _flatten(value).items():
+            if not isinstance(axis, list):
+                # "@key:" puts the axis into the key path (as trainers.config does)
+                raise ValueError(f"@{key}:expected a list of values, got {axis!r} (write [{axis}] for one value)")
+            if not axis:
+                raise ValueError(f"@{key}:empty list of values")
+            flat[key] = axis
+        return flat
+
+    @field_validator("include", "exclude", mode="before")
+    @classmethod
+    def _flatten_points(cls, value, info):
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            return value
+        points = []
+        for i, point in enumerate(value):
+            if not isinstance(point, dict) or not point:
+                raise ValueError(f"@{i}:expected a mapping of dotted keys to values, e.g. {{seed: 0}}, got {point!r}")
+            points.append(_flatten(point))
+        return points
+
+    @model_validator(mode="after")
+    def _nonempty_grid(self) -> SweepSpec:
+        if not self.grid:
+            raise ValueError("@grid:empty grid (name at least one axis, e.g. seed: [0, 1, 2])")
+        return self
+
+    def sweep_dir(self, storage: str | Path | None = None) -> Path:
+        """``<storage>/<name>/``, absolute (Ray Tune's storage_path must be)."""
+        return (Path(storage if storage is not None else self.storage).expanduser() / self.name).resolve()
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> dotted keys; a value that is a list (an axis) or a scalar ends the key."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+# --- where in the file ----------------------------------------------------------------------------
+
+class YamlSource:
+    """The YAML file's name and the line of every key path (``grid.seed``) and list item (``grid.seed.1``)."""
+
+    def __init__(self, path: str | Path, text: str):
+        self.path = str(path)
+        self.text = text
+        self.lines = {**yaml_key_lines(text), **_item_lines(text)}
+
+    def line(self, path: str) -> int | None:
+        """Line of ``path`` or of its closest enclosing key (``grid.method.cost`` for a flattened key
+        written nested is found under the same dotted path)."""
+        parts = path.split(".")
+        while parts:
+            found = self.lines.get(".".join(parts))
+            if found is not None:
+                return found
+            parts.pop()
+        return None
+
+    def error(self, path: str, message: str) -> ConfigError:
+        line = self.line(path) if path else None
+        where = f"{self.path}:{line}" if line else self.path
+        return ConfigError(f"{where}: {path}: {message}" if path else f"{where}: {message}")
+
+
+def _item_lines(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                walk(value_node, f"{prefix}{key_node.value}.")
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                out[f"{prefix}{i}"] = item.start_mark.line + 1
+                walk(item, f"{prefix}{i}.")
+
+    try:
+        walk(yaml.compose(text), "")
+    except yaml.YAMLError:
+        pass
+    return out
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+def read_spec(path: str | Path) -> tuple[SweepSpec, YamlSource]:
+    """Parse and validate the spec's own keys (not yet the grid points: see ``expand.load_sweep``)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    src = YamlSource(path, text)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with name, base, grid, ... at the top level")
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as e:
+        raise describe_spec_error(e, src) from None
+    for key in spec.grid:
+        check_dotted_key(key, src, f"grid.{key}")
+    for i, point in enumerate(spec.include):
+        for key in point:
+            check_dotted_key(key, src, f"include.{i}.{key}")
+    return spec, src
+
+
+def describe_spec_error(err: ValidationError, src: YamlSource) -> ConfigError:
+    """One line for the first problem in the spec's own keys (file:line, key path, suggestion)."""
+    errors = err.errors()
+    # an unknown key explains a "missing" one (gird: -> grid missing): report it first
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = [str(p) for p in first["loc"] if not str(p).startswith("function-")]
+    msg = first["msg"].removeprefix("Value error, ")
+    if msg.startswith("@"):  # a validator that knows the offending sub-key
+        sub, msg = msg[1:].split(":", 1)
+        loc = [sub] if sub == "grid" and loc in ([], ["grid"]) else [*loc, sub]
+    if first["type"] == "extra_forbidden":
+        model = _model_at(SweepSpec, loc[:-1])
+        fields = list(model.model_fields) if model else []
+        msg = unknown_message(loc[-1], fields, what="key")
+    elif first["type"] == "missing":
+        msg = "missing" + {"name": " (the sweep's name; its directory is <storage>/<name>/)",
+                           "grid": " (name at least one axis, e.g. seed: [0, 1, 2])"}.get(".".join(loc), "")
+    elif first["type"] == "literal_error":
+        msg = literal_message(first)
+    # AnalysisPlan phrases its own errors as "primary.0: ..."; fold that path into ours
+    m = re.match(r"^([A-Za-z_][\w]*(?:\.\d+)*): (.*)$", msg)
+    if m and loc and m.group(1).split(".")[0] == loc[-1]:
+        loc, msg = [*loc[:-1], *m.group(1).split(".")], m.group(2)
+    return src.error(".".join(loc), msg)
+
+
+def _model_at(model: type[BaseModel] | None, loc: list[str]) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = candidates[0] if candidates else None
+    return model
+
+
+def unknown_message(value: Any, choices, what: str = "key") -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    hint = f' (did you mean "{close[0]}"?)' if close else (
+        f" (choose from {', '.join(map(str, choices))})" if choices else "")
+    return f"unknown {what}{hint}" if what == "key" else f"unknown {what} {value!r}{hint}"
+
+
+def literal_message(error: dict) -> str:
+    expected = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
+    return unknown_message(error.get("input"), expected, what="value")
+
+
+# --- dotted keys against the TrialConfig schema -----------------------------------------------------
+
+def check_dotted_key(key: str, src: YamlSource, path: str) -> None:
+    """Raise ConfigError unless ``key`` names a TrialConfig field (or a method option, or a key under a
+    free-form mapping such as ``backbone.kwargs``). Values are checked later, per expanded config."""
+    from trainers.config import MethodConfig
+    from trainers.methods import METHODS
+
+    model: type[BaseModel] | None = TrialConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if model is None:  # below a free-form dict field: anything goes
+            return
+        fields = model.model_fields
+        if part in fields:
+            ann = fields[part].annotation
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if model is None and i < len(parts) - 1 and not _is_mapping(ann):
+                raise src.error(path, f"{'.'.join(parts[:i + 1])} is a value, not a mapping: "
+                                      f"no key {'.'.join(parts[i + 1:])!r} below it")
+            continue
+        if model is MethodConfig:  # extra keys are method options; the config checks them per method
+            options = {opt for cls in METHODS.values() for opt in cls.defaults}
+            if part in options and i == len(parts) - 1:
+                return
+            raise src.error(path, unknown_message(part, [*fields, *sorted(options)]))
+        raise src.error(path, unknown_message(part, list(fields)))
+
+
+def _is_mapping(annotation) -> bool:
+    origin = getattr(annotation, "__origin__", None)
+    return origin is dict or annotation is dict

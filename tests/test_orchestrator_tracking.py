@@ -1,0 +1,219 @@
+"""MLflow bookkeeping, the results table and `affsweep status`, without Ray (a SQLite MLflow store)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from orchestrator import results as record
+from orchestrator import tracking
+from orchestrator.cli import main as cli_main
+from orchestrator.expand import load_sweep
+
+SWEEP = """\
+name: t
+base:
+  dataset: {n: 300, image_size: 24}
+  backbone: {name: test_resnet}
+  epochs: 2
+grid:
+  seed: [0, 1, 2]
+  method.cost: [none, circumplex]
+storage: STORAGE
+"""
+
+
+@pytest.fixture
+def plan(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(SWEEP.replace("STORAGE", str(tmp_path / "runs")))
+    return load_sweep(path)
+
+
+def fake_result(t, p_mtl: float, sweep: str = "t") -> dict:
+    return {"trial_id": t.trial_id, "sweep": sweep, "seed": t.seed, "status": "done", **t.axes,
+            "p_mtl": p_mtl, "expr_f1": p_mtl / 2, "expr_f1/Anger": 0.1, "error_severity": float("nan"),
+            "epochs": 2, "train_seconds": 1.5, "data_order_hash": f"h{t.seed}"}
+
+
+def finish(sweep_dir: Path, t, p_mtl: float) -> dict:
+    """What a finished trial leaves in its directory."""
+    tdir = record.trial_dir(sweep_dir, t.trial_id)
+    result = fake_result(t, p_mtl)
+    record.write_json(tdir / "result.json", result)
+    record.write_json(tdir / "history.json", [{"epoch": 1, "p_mtl": p_mtl / 2}, {"epoch": 2, "p_mtl": p_mtl}])
+    for name in ("confusion.json", "circumplex.json"):
+        record.write_json(tdir / name, {})
+    return result
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (creating its tables takes seconds); one experiment per test."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tracker(store, tmp_path, request):
+    # without a server, artifacts go to a plain directory (MLflow's default would be ./mlruns)
+    return tracking.SweepTracker(store, request.node.name, "t", artifact_location=(tmp_path / "artifacts").as_uri())
+
+
+def test_runs_are_found_by_tag_never_duplicated(plan, tmp_path, tracker):
+    yaml_copy = tmp_path / "sweep.yaml"
+    yaml_copy.write_text(plan.source.text)
+    parent = tracker.ensure_parent(plan.analysis.plan_hash(), yaml_copy)
+    exp = tracker.client.get_experiment(tracker.experiment_id).name
+    assert tracking.SweepTracker(tracker.uri, exp, "t").ensure_parent("x", yaml_copy) == parent
+    runs = tracker.trial_runs()
+    ids = [tracker.ensure_trial_run(t, runs) for t in plan.trials]
+    again = tracking.SweepTracker(tracker.uri, exp, "t")
+    again.parent_run_id = parent
+    assert [again.ensure_trial_run(t, again.trial_runs()) for t in plan.trials] == ids
+    kinds = [r.data.tags[tracking.KIND] for r in tracker.runs()]
+    assert sorted(kinds) == ["sweep"] + ["trial"] * 6
+    # another sweep in the same experiment has its own runs
+    assert tracking.SweepTracker(tracker.uri, exp, "other").runs() == []
+
+    run = tracker.client.get_run(ids[1])
+    t = plan.trials[1]
+    tags = run.data.tags
+    assert tags["mlflow.parentRunId"] == parent and tags[tracking.TRIAL_ID] == t.trial_id
+    assert tags["affsweep.sweep"] == "t" and tags[tracking.KIND] == "trial"
+    assert tags["seed"] == "0" and tags["method.cost"] == "circumplex"
+    params = run.data.params
+    assert params["method.cost"] == "circumplex" and params["dataset.n"] == "300" and params["seed"] == "0"
+    assert params["backbone.kwargs"] == "{}" and len(params) == len(tracking.flatten_params(
+        t.config.model_dump(mode="json")))
+    assert run.info.status == "SCHEDULED"
+    # the parent carries the plan hash of the latest `affsweep run` (the plan may have been edited)
+    assert tracker.client.get_run(parent).data.tags["affsweep.plan_hash"] == "x"
+    assert [a.path for a in tracker.client.list_artifacts(parent)] == ["sweep.yaml"]
+
+
+def test_trial_logging_never_repeats_an_epoch(plan, tmp_path, tracker):
+    tracker.ensure_parent("h", plan.source.path)
+    t = plan.trials[0]
+    run_id = tracker.ensure_trial_run(t, {})
+    c = tracker.client
+    tracking.log_epoch(c, run_id, 1, {"epoch": 1, "p_mtl": 0.1, "train/loss": 2.0, "note": "x"})
+    assert tracking.last_logged_epoch(c, run_id) == 1
+    sweep_dir = tmp_path / "runs" / "t"
+    result = finish(sweep_dir, t, 0.4)
+    history = record.read_json(record.trial_dir(sweep_dir, t.trial_id) / "history.json")
+    # a trial restarted from scratch re-reports epoch 1: only epoch 2 and the final metrics are new
+    tracking.log_trial_result(c, run_id, record.trial_dir(sweep_dir, t.trial_id), result, history=history)
+    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "p_mtl")] == [(1, 0.1), (2, 0.4)]
+    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "train_seconds")] == [(2, 1.5)]
+    run = c.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.STATUS] == "done"
+    assert run.data.tags["affsweep.data_order_hash"] == "h0"
+    assert sorted(a.path for a in c.list_artifacts(run_id)) == sorted(tracking.TRIAL_ARTIFACTS)
+
+    tracking.mark_trial_failed(c, run_id, "boom", final=True)
+    run = c.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["affsweep.error"] == "boom"
+
+
+def test_summary_per_condition_mean_std_n(plan, tmp_path, tracker):
+    sweep_dir = tmp_path / "runs" / "t"
+    tracker.ensure_parent("h", plan.source.path)
+    values = {}
+    for i, t in enumerate(plan.trials[:5]):  # the last circumplex seed has not finished
+        values[t.trial_id] = 0.1 * (i + 1)
+        finish(sweep_dir, t, values[t.trial_id])
+    tracking.refresh_summaries(plan, sweep_dir, tracker)
+    summaries = tracker.runs("summary")
+    assert len(summaries) == 2
+    for label, trials in plan.conditions().items():
+        run = next(r for r in summaries if r.data.tags["affsweep.condition"] == label)
+        got = [values[t.trial_id] for t in trials if t.trial_id in values]
+        m = run.data.metrics
+        assert m["p_mtl/mean"] == pytest.approx(np.mean(got))
+        assert m["p_mtl/std"] == pytest.approx(np.std(got, ddof=1))
+        assert m["p_mtl/n"] == len(got)
+        assert m["expr_f1/Anger/mean"] == pytest.approx(0.1)
+        assert "error_severity/mean" not in m  # no finite value: nothing to summarise
+        assert run.data.tags["method.cost"] == trials[0].axes["method.cost"]
+        assert run.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
+        assert run.info.status == ("FINISHED" if len(got) == 3 else "RUNNING")
+    # refreshing without news logs nothing; a new finished seed updates the same run
+    circ = next(r for r in summaries if r.data.tags["affsweep.condition"] == "method.cost=circumplex")
+    tracking.refresh_summaries(plan, sweep_dir, tracker)
+    assert len(tracker.client.get_metric_history(circ.info.run_id, "p_mtl/mean")) == 1
+    finish(sweep_dir, plan.trials[5], 0.9)
+    tracking.refresh_summaries(plan, sweep_dir, tracker)
+    assert len(tracker.runs("summary")) == 2
+    history = tracker.client.get_metric_history(circ.info.run_id, "p_mtl/n")
+    assert [(m.step, m.value) for m in history] == [(2, 2.0), (3, 3.0)]
+    assert tracker.client.get_run(circ.info.run_id).info.status == "FINISHED"
+
+
+def test_results_table_rows_columns_and_failures(plan, tmp_path):
+    sweep_dir = tmp_path / "runs" / "t"
+    sweep_dir.mkdir(parents=True)
+    finish(sweep_dir, plan.trials[0], 0.3)
+    finish(sweep_dir, plan.trials[3], 0.5)
+    record.update_state(record.trial_dir(sweep_dir, plan.trials[1].trial_id), status="failed",
+                        error="NonFiniteLossError: non-finite loss at epoch 1")
+    record.update_state(record.trial_dir(sweep_dir, plan.trials[2].trial_id), status="running", attempt=1)
+    df = record.write_results(plan, sweep_dir)
+    for saved in (pd.read_parquet(sweep_dir / "results.parquet"), pd.read_csv(sweep_dir / "results.csv")):
+        assert list(saved.columns[:5]) == ["trial_id", "sweep", "seed", "status", "method.cost"]
+        assert list(saved["trial_id"]) == [plan.trials[i].trial_id for i in (0, 1, 3)]  # plan order
+        assert list(saved["status"]) == ["done", "failed", "done"]
+        assert list(saved["method.cost"]) == ["none", "circumplex", "circumplex"]
+        assert saved["p_mtl"].iloc[0] == 0.3 and math.isnan(saved["p_mtl"].iloc[1])
+        assert saved["error"].iloc[1] == "NonFiniteLossError: non-finite loss at epoch 1"
+        assert "expr_f1/Anger" in saved.columns and saved["data_order_hash"].iloc[2] == "h1"
+    assert len(df) == 3
+    assert not [p for p in sweep_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_status_counts_per_condition(plan, tmp_path, capsys):
+    sweep_dir = tmp_path / "runs" / "t"
+    finish(sweep_dir, plan.trials[0], 0.3)
+    record.update_state(record.trial_dir(sweep_dir, plan.trials[1].trial_id), status="failed", error="boom")
+    record.update_state(record.trial_dir(sweep_dir, plan.trials[2].trial_id), status="running", attempt=1)
+    (sweep_dir / "sweep.yaml").write_text(plan.source.text)
+    # no driver alive: the started trial was interrupted and is pending again
+    assert cli_main(["status", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[3:] if line and line[0] != "-"}
+    assert rows["method.cost=none"] == ["1", "0", "0", "2", "3"]
+    assert rows["method.cost=circumplex"] == ["0", "0", "1", "2", "3"]
+    assert rows["all"] == ["1", "0", "1", "4", "6"]
+    assert f"failed: {plan.trials[1].trial_id} (method.cost=circumplex, seed 0): boom" in out
+    # with a live driver, it is running
+    record.write_json(sweep_dir / "driver.json", {"pid": __import__("os").getpid(),
+                                                  "host": __import__("socket").gethostname(), "started": "now"})
+    assert cli_main(["status", str(plan.source.path)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[3:] if line and line[0] != "-"}
+    assert rows["method.cost=none"] == ["1", "1", "0", "1", "3"]
+    assert "running (pid" in out.splitlines()[0]
+
+
+def test_status_of_an_unknown_directory_is_an_error(tmp_path, capsys):
+    assert cli_main(["status", str(tmp_path)]) == 2
+    assert "not a sweep directory" in capsys.readouterr().err
+
+
+def test_summary_statistics_ignore_non_finite():
+    rows = [{"trial_id": "a", "x": 1.0, "y": float("nan"), "seed": 0},
+            {"trial_id": "b", "x": 3.0, "y": 2.0, "seed": 1, "flag": True}]
+    stats = tracking.summary_statistics(rows)
+    assert stats["x"] == (2.0, pytest.approx(math.sqrt(2)), 2)
+    assert stats["y"][0] == 2.0 and stats["y"][2] == 1 and math.isnan(stats["y"][1])
+    assert "seed" not in stats and "flag" not in stats
+
+
+def test_flatten_params_dotted():
+    flat = tracking.flatten_params({"a": {"b": 1, "c": {"d": None}}, "e": [1, 2], "f": {}})
+    assert flat == {"a.b": "1", "a.c.d": "null", "e": "[1, 2]", "f": "{}"}
+    assert json.loads(flat["e"]) == [1, 2]
