@@ -71,7 +71,7 @@ def test_method_trains_above_chance_through_the_cli(tmp_path, method):
 
 
 @pytest.mark.parametrize("sweep,trials", [("sweeps/label_distribution_methods.yaml", 54),
-                                          ("sweeps/label_noise.yaml", 96)])
+                                          ("sweeps/label_noise.yaml", 48)])
 def test_method_sweeps_validate_and_expand(sweep, trials):
     from orchestrator.expand import load_sweep
 
