@@ -36,7 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from analysis.plan import AnalysisPlan
-from trainers.config import ConfigError, TrialConfig, yaml_key_lines
+from trainers.config import ConfigError, TrialConfig, read_yaml_mapping, yaml_key_lines
 
 __all__ = ["ConfigError", "Failure", "Resources", "SweepSpec", "Tracking", "YamlSource", "check_dotted_key",
            "read_spec"]
@@ -102,7 +102,7 @@ class SweepSpec(_Strict):
         if not isinstance(value, dict):
             return value  # pydantic names the type error
         flat: dict[str, Any] = {}
-        for key, axis in _flatten(value).items():
+        for key, axis in flatten_dotted(value).items():
             if not isinstance(axis, list):
                 # "@key:" puts the axis into the key path (as trainers.config does)
                 raise ValueError(f"@{key}:expected a list of values, got {axis!r} (write [{axis}] for one value)")
@@ -122,7 +122,7 @@ class SweepSpec(_Strict):
         for i, point in enumerate(value):
             if not isinstance(point, dict) or not point:
                 raise ValueError(f"@{i}:expected a mapping of dotted keys to values, e.g. {{seed: 0}}, got {point!r}")
-            points.append(_flatten(point))
+            points.append(flatten_dotted(point))
         return points
 
     @model_validator(mode="after")
@@ -136,13 +136,13 @@ class SweepSpec(_Strict):
         return (Path(storage if storage is not None else self.storage).expanduser() / self.name).resolve()
 
 
-def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+def flatten_dotted(mapping: dict, prefix: str = "") -> dict[str, Any]:
     """Nested mappings -> dotted keys; a value that is a list (an axis) or a scalar ends the key."""
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, dotted + "."))
+            flat.update(flatten_dotted(value, dotted + "."))
         else:
             flat[dotted] = value
     return flat
@@ -199,19 +199,8 @@ def _item_lines(text: str) -> dict[str, int]:
 def read_spec(path: str | Path) -> tuple[SweepSpec, YamlSource]:
     """Parse and validate the spec's own keys (not yet the grid points: see ``expand.load_sweep``)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    data, text = read_yaml_mapping(path, "name, base, grid, ...")
     src = YamlSource(path, text)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with name, base, grid, ... at the top level")
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as e:

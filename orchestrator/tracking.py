@@ -332,14 +332,9 @@ def mark_trial_failed(client, run_id: str, error: str, final: bool) -> None:
 
 def flatten_params(config: dict, prefix: str = "") -> dict[str, str]:
     """The resolved TrialConfig as dotted-key params (values as MLflow stores them: strings)."""
-    out: dict[str, str] = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten_params(value, dotted + "."))
-        else:
-            out[dotted] = _tag_value(value)
-    return out
+    from orchestrator.spec import flatten_dotted
+
+    return {key: _tag_value(value) for key, value in flatten_dotted(config, prefix).items()}
 
 
 def redact(uri: str) -> str:

@@ -211,21 +211,29 @@ def yaml_key_lines(text: str) -> dict[str, int]:
     return out
 
 
-def load_trial_config(path: str | Path) -> TrialConfig:
-    """Read and validate a trial YAML; raise ConfigError with one line naming file, line and key."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str) -> tuple[dict, str]:
+    """(parsed mapping, text) of a YAML file; ConfigError naming the file (and line) otherwise."""
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of trial settings at the top level")
+        raise ConfigError(f"{path}: expected a mapping of {what} at the top level")
+    return data, text
+
+
+def load_trial_config(path: str | Path) -> TrialConfig:
+    """Read and validate a trial YAML; raise ConfigError with one line naming file, line and key."""
+    path = Path(path)
+    data, text = read_yaml_mapping(path, "trial settings")
     try:
         return TrialConfig.model_validate(data)
     except ValidationError as e:
