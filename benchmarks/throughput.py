@@ -8,6 +8,12 @@ augmentation, masked multi-task losses, uncertainty weighting, EMA). Ratio = tra
     python benchmarks/throughput.py                           # resnet18 @ 32 px on this machine
     python benchmarks/throughput.py --backbone vit_base_patch16_224 --image-size 224 \
         --unfreeze 0.5 --batch 128 --steps 60                  # the GPU target (bf16 on CUDA)
+    python benchmarks/throughput.py --backbone resnet18 --image-size 112 --data jpeg --workers 4
+    python benchmarks/throughput.py --backbone resnet18 --image-size 112 --data cache
+
+``--data memory`` (default) feeds the trainer the synthetic world in memory; ``jpeg`` and ``cache``
+write that world once as an AffectNet-format tree (training.csv + JPEGs) and train through the real
+loader, from JPEG decoding or from the decoded uint8 cache (built before timing).
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import argparse
 import json
 import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from trainers.config import TrialConfig
@@ -30,8 +38,6 @@ def model_only(cfg: TrialConfig, steps: int) -> float:
     device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
     space = cfg.label_space
-    import numpy as np
-
     ctx = MethodContext(label_space=space, train_index=None, class_counts=np.ones(space.num_classes),
                         au_pos_weight=None, device=device)
     method = create_method("focal", ctx)
@@ -81,6 +87,27 @@ def trainer(cfg: TrialConfig) -> float:
         return fit(cfg, d, progress=False).metrics["images_per_second"]
 
 
+def write_affectnet_tree(root: Path, n: int, image_size: int) -> None:
+    """The synthetic affectnet_like world as an AffectNet-format tree (what users have on disk)."""
+    from PIL import Image
+
+    from trainers.data.synthetic import synthetic
+
+    world = synthetic("affectnet_like", n=n, seed=0, image_size=image_size)
+    images = root / "Manually_Annotated_Images" / "0"
+    images.mkdir(parents=True)
+    header = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
+    for split, part in (("training", world.iloc[: int(0.8 * n)]), ("validation", world.iloc[int(0.8 * n):])):
+        lines = [header]
+        for i, row in part.iterrows():
+            name = f"0/{i:06d}.jpg"
+            Image.fromarray(row["image"]).save(images / f"{i:06d}.jpg", quality=90)
+            v = -2 if np.isnan(row["valence"]) else row["valence"]
+            a = -2 if np.isnan(row["arousal"]) else row["arousal"]
+            lines.append(f'{name},0,0,{image_size},{image_size},"",{int(row["expr"])},{v:.4f},{a:.4f}')
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="resnet18")
@@ -93,27 +120,41 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
+    ap.add_argument("--data", default="memory", choices=["memory", "jpeg", "cache"])
+    ap.add_argument("--workers", type=int, default=0, help="data-loading worker processes (jpeg path)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     n = args.n or int(args.steps * args.batch / 0.8) + args.batch
+    dataset = dict(name="synthetic", preset="affwild2_like", n=n, image_size=args.image_size)
+    tmp = tempfile.TemporaryDirectory()
+    if args.data != "memory":
+        root = Path(tmp.name) / "affectnet"
+        write_affectnet_tree(root, int(n / 0.8) + 1, args.image_size)
+        dataset = dict(name="affectnet", root=str(root), image_size=args.image_size, cache=args.data == "cache",
+                       cache_dir=str(Path(tmp.name) / "cache"))
     cfg = TrialConfig.model_validate(dict(
-        dataset=dict(name="synthetic", preset="affwild2_like", n=n, image_size=args.image_size),
-        backbone=dict(name=args.backbone, pretrained=False), batch_size=args.batch, epochs=1,
+        dataset=dataset, backbone=dict(name=args.backbone, pretrained=False), batch_size=args.batch, epochs=1,
         warmup_epochs=0, unfreeze_fraction=args.unfreeze, max_steps_per_epoch=args.steps, oversample=True,
-        device=args.device, compile=args.compile, eval_batch_size=256))
+        device=args.device, compile=args.compile, eval_batch_size=256, num_workers=args.workers))
+    if args.data == "cache":  # build the cache before timing, as `affsweep data cache` would
+        from trainers.engine import prepare_data
+
+        prepare_data(cfg)
     device = resolve_device(cfg.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     # the trainer runs first so that the model-only loop cannot benefit from a cold start penalty of its own
     t = trainer(cfg)
     m = model_only(cfg, args.steps)
-    result = {"device": name, "backbone": args.backbone, "image_size": args.image_size, "batch": args.batch,
+    result = {"device": name, "data": args.data, "workers": args.workers,
+              "backbone": args.backbone, "image_size": args.image_size, "batch": args.batch,
               "unfreeze_fraction": args.unfreeze, "amp_bf16": device.type == "cuda",
               "trainer_images_per_s": round(t, 1), "model_only_images_per_s": round(m, 1), "ratio": round(t / m, 3)}
     print(json.dumps(result, indent=1))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+    tmp.cleanup()
 
 
 if __name__ == "__main__":
