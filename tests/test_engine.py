@@ -116,3 +116,15 @@ def test_missing_image_file_is_named(tmp_path):
     assert tuple(store[0].shape) == (3, 8, 8)
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
         store[1]
+
+
+def test_va_less_dataset_is_scored_under_its_imported_geometry_in_every_condition(tiny_trial, tmp_path):
+    """RAF-DB-like data has no circumplex of its own: with method.imported_from, even the cost-free
+    base condition is scored under the imported one, so its error structure can be compared."""
+    dataset = {"preset": "affectnet_like", "seed": 1, "drop_tasks": ["va", "au"]}
+    method = {"cost": "none", "imported_from": "synthetic:affectnet_like"}
+    base = fit(tiny_trial(epochs=1, dataset=dataset, method=method), tmp_path / "a", progress=False).metrics
+    alone = fit(tiny_trial(epochs=1, dataset=dataset), tmp_path / "b", progress=False).metrics
+    assert np.isfinite(base["error_severity"]) and np.isfinite(base["quadrant_keep"])
+    assert np.isnan(alone["error_severity"])  # no geometry at all: nothing to score against
+    assert np.isnan(base["va_ccc"]) and np.isnan(base["au_f1"])

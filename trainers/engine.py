@@ -364,7 +364,7 @@ def evaluate(model, method, data: TrialData, cfg: TrialConfig, backbone, device,
     else:
         metrics["au_f1"] = float("nan")
     metrics["p_mtl"] = p_mtl(metrics["va_ccc"], metrics["expr_f1"], metrics["au_f1"])
-    true_geometry = true_circumplex(ctx, method)
+    true_geometry = true_circumplex(ctx, method, cfg.method.imported_from)
     nan = float("nan")
     if true_geometry is not None and em.any():
         cost, centroids = np.asarray(true_geometry["cost"]), np.asarray(true_geometry["centroids"])
@@ -382,15 +382,22 @@ def evaluate(model, method, data: TrialData, cfg: TrialConfig, backbone, device,
     return Evaluation(metrics={k: float(v) for k, v in metrics.items()}, confusion=confusion)
 
 
-def true_circumplex(ctx: MethodContext, method) -> dict | None:
+def true_circumplex(ctx: MethodContext, method, imported_from: str | None = None) -> dict | None:
     """The dataset's own circumplex (METHODS §6: always the TRUE one, whatever cost trained);
-    for a dataset without VA (RAF-DB) the imported geometry stands in when the trial has one."""
+    for a dataset without VA (RAF-DB) the imported geometry stands in when the trial names one —
+    also for its ``cost: none`` condition, so every condition of the sweep is scored alike."""
     if ctx.geometry is not None:
         return {"cost": ctx.geometry.cost, "centroids": ctx.geometry.centroids}
     term = getattr(method, "ot", None)
     source = getattr(term, "source_geometry", None) if term is not None else None
     if source is not None:
         return {"cost": source["cost"], "centroids": source["centroids"]}
+    if imported_from:
+        from trainers.geometry import import_geometry
+        from trainers.losses.ot import load_import_source
+
+        g = import_geometry(load_import_source(imported_from), ctx.label_space.class_names)
+        return {"cost": g.finite_cost, "centroids": g.centroids}
     return None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,7 @@ def load_import_source(imported_from: str) -> Geometry:
     """
     if imported_from.startswith("synthetic:"):
         return _synthetic_geometry(imported_from.split(":", 1)[1])
-    path = Path(imported_from).expanduser()
+    path = Path(os.path.expandvars(imported_from)).expanduser()
     try:
         data = json.loads(path.read_text())
     except OSError as e:
