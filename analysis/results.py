@@ -45,7 +45,7 @@ BOOKKEEPING_COLUMNS: tuple[str, ...] = (
     "trial_id", "sweep", "seed", "status", "data_order_hash",
     # tolerated extras a writer may add; never axes
     "error", "message", "trial_dir", "run_id", "mlflow_run_id", "started_at", "finished_at",
-    "host", "device", "config_hash",
+    "host", "hostname", "node_id", "device", "config_hash",
 )
 METRIC_COLUMNS: tuple[str, ...] = (
     "p_mtl", "va_ccc", "va_ccc_v", "va_ccc_a", "expr_f1", "au_f1", "expr_acc",

@@ -12,7 +12,9 @@
                           confusion.json, circumplex.json, history.json; plus state.json (below)
 ```
 
-``state.json`` = ``{"status": running|error|failed, "attempt": n, "error": ..., "updated": ...}``,
+``state.json`` = ``{"status": running|error|failed, "attempt": n, "error": ..., "updated": ...,
+"node_id", "hostname", "pid", "first_epoch", "last_epoch"}`` (where the latest attempt runs and which
+epochs it reported),
 written by the trainable at each attempt's start (``running``) and failure (``error``: Ray may still
 retry) and by the driver when Ray gives up on the trial (``failed``). ``result.json`` with
 ``status: done`` is the only proof that a trial finished; such a trial is never run again.
@@ -30,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 STATUSES = ("done", "running", "failed", "pending")
+PLACEMENT = ("node_id", "hostname")  # results columns: where (which Ray node) a trial ran
 
 
 def trial_dir(sweep_dir: Path, trial_id: str) -> Path:
@@ -109,12 +112,13 @@ def result_rows(plan, sweep_dir: Path) -> list[dict]:
     for t in plan.trials:
         tdir = trial_dir(sweep_dir, t.trial_id)
         head = {"trial_id": t.trial_id, "sweep": plan.name, "seed": t.seed}
-        result = read_result(tdir)
+        result, state = read_result(tdir), read_state(tdir)
+        where = {k: state.get(k) for k in PLACEMENT}  # the Ray node of the trial's last attempt
         if result is not None:
             metrics = {k: v for k, v in result.items() if k not in head and k not in t.axes and k != "status"}
-            rows.append({**head, "status": "done", **t.axes, **metrics, "error": None})
-        elif read_state(tdir).get("status") == "failed":
-            rows.append({**head, "status": "failed", **t.axes, "error": read_state(tdir).get("error")})
+            rows.append({**head, "status": "done", **t.axes, **metrics, **where, "error": None})
+        elif state.get("status") == "failed":
+            rows.append({**head, "status": "failed", **t.axes, **where, "error": state.get("error")})
     return rows
 
 
@@ -122,14 +126,16 @@ def write_results(plan, sweep_dir: Path) -> pd.DataFrame:
     """Write ``results.parquet`` and ``results.csv`` atomically; return the table."""
     rows = result_rows(plan, sweep_dir)
     fixed = ["trial_id", "sweep", "seed", "status", *plan.axes]
-    metric_cols = list(dict.fromkeys(k for r in rows for k in r if k not in fixed and k != "error"))
-    df = pd.DataFrame(rows, columns=[*fixed, *metric_cols, "error"])
+    tail = [*PLACEMENT, "error"]
+    metric_cols = list(dict.fromkeys(k for r in rows for k in r if k not in fixed and k not in tail))
+    df = pd.DataFrame(rows, columns=[*fixed, *metric_cols, *tail])
     for col in plan.axes:  # an axis of mappings or of mixed types: one readable string type
         values = df[col].dropna().tolist()
         if any(isinstance(v, dict | list) for v in values) or len({type(v) for v in values}) > 1:
             df[col] = df[col].map(lambda v: v if v is None else (json.dumps(v, sort_keys=True)
                                                                   if isinstance(v, dict | list) else str(v)))
-    df["error"] = df["error"].astype("object")
+    for col in tail:
+        df[col] = df[col].astype("object")
     sweep_dir = Path(sweep_dir)
     for name, write in (("results.parquet", lambda p: df.to_parquet(p, index=False)),
                         ("results.csv", lambda p: df.to_csv(p, index=False))):

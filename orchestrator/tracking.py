@@ -24,14 +24,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LocalMlflowServer", "SweepTracker", "TRIAL_ARTIFACTS", "flatten_params", "last_logged_epoch",
-           "log_epoch", "log_trial_result", "mark_trial_failed", "redact", "refresh_summaries"]
+__all__ = ["BufferedRunLog", "LocalMlflowServer", "SweepTracker", "TRIAL_ARTIFACTS", "flatten_params",
+           "last_logged_epoch", "log_epoch", "logged_epochs", "log_trial_result", "mark_trial_failed", "redact",
+           "refresh_summaries"]
 
 TRIAL_ARTIFACTS = ("result.json", "confusion.json", "circumplex.json", "history.json")
 KIND, SWEEP, TRIAL_ID, STATUS = "affsweep.kind", "affsweep.sweep", "affsweep.trial_id", "affsweep.status"
@@ -279,9 +282,83 @@ def summary_statistics(results: list[dict]) -> dict[str, tuple[float, float, int
 # --- the trial's view (runs inside the Ray worker) --------------------------------------------------
 
 def last_logged_epoch(client, run_id: str) -> int:
-    """The last epoch already in the run's history (0 if none): a restarted trial logs only later ones."""
-    history = client.get_metric_history(run_id, "epoch")
-    return int(max((m.step for m in history), default=0))
+    """The last epoch already in the run's history (0 if none)."""
+    return max(logged_epochs(client, run_id), default=0)
+
+
+def logged_epochs(client, run_id: str) -> set[int]:
+    """The epochs already in the run's history: a restarted trial logs only the others."""
+    return {int(m.step) for m in client.get_metric_history(run_id, "epoch")}
+
+
+class BufferedRunLog:
+    """A trial's MLflow writes, delivered in order by one background thread (runs in the Ray worker).
+
+    Training never waits for the tracking server: ``submit(fn, *args)`` queues ``fn(client, run_id,
+    *args)`` and returns. A write that fails (server down, restarting, unreachable) stays at the head
+    of the queue and is retried every ``retry_every`` seconds, so nothing is lost or reordered while the
+    server is away. ``close(timeout)`` waits until the queue is delivered; what is still queued then
+    is dropped (and reported): the driver backfills a finished trial's history and result from its
+    directory when the run does not say ``done``. Each write must be idempotent (``log_epoch`` is
+    guarded by ``logged_epochs``), since a write whose reply was lost is retried.
+    """
+
+    def __init__(self, client, run_id: str, retry_every: float = 1.0, say=None):
+        self.client, self.run_id, self.retry_every = client, run_id, retry_every
+        self.say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.failed_writes = 0          # attempts that failed and were retried
+        self.last_error: str | None = None
+        self._queue: deque = deque()
+        self._cv = threading.Condition()
+        self._closing = self._cancelled = False
+        self._thread = threading.Thread(target=self._deliver, name=f"mlflow-{run_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn, *args) -> None:
+        with self._cv:
+            self._queue.append((fn, args))
+            self._cv.notify_all()
+
+    @property
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._queue)
+
+    def _deliver(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closing:
+                    self._cv.wait()
+                if self._cancelled or not self._queue:
+                    return
+                fn, args = self._queue[0]
+            try:
+                fn(self.client, self.run_id, *args)
+            except Exception as e:  # noqa: BLE001 -- any failure: keep the write and retry it
+                if self.failed_writes == 0 or self.last_error != f"{type(e).__name__}: {e}"[:300]:
+                    self.say(f"MLflow write failed ({type(e).__name__}: {str(e)[:200]}); buffering and retrying")
+                self.failed_writes += 1
+                self.last_error = f"{type(e).__name__}: {e}"[:300]
+                with self._cv:
+                    self._cv.wait_for(lambda: self._cancelled, timeout=self.retry_every)
+                continue
+            with self._cv:
+                self._queue.popleft()
+                self._cv.notify_all()
+
+    def close(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for every queued write; True when all were delivered."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+            delivered = self._cv.wait_for(lambda: not self._queue, timeout=timeout)
+            if not delivered:
+                self._cancelled = True
+                self._cv.notify_all()
+                self.say(f"MLflow unreachable for {timeout:.0f}s: {len(self._queue)} write(s) of run {self.run_id} "
+                         f"dropped here; the driver backfills them from the trial directory")
+        self._thread.join(timeout=5)
+        return delivered
 
 
 def log_epoch(client, run_id: str, epoch: int, metrics: dict) -> None:
@@ -301,15 +378,15 @@ def log_trial_result(client, run_id: str, trial_dir: Path, result: dict, history
     from mlflow.entities import Metric, RunTag
 
     if history:
-        done = last_logged_epoch(client, run_id)
+        done = logged_epochs(client, run_id)
         for row in history:
-            if int(row.get("epoch", 0)) > done:
+            if int(row.get("epoch", 0)) not in done:
                 log_epoch(client, run_id, int(row["epoch"]), row)
     last = history[-1] if history else {}
     step, now = int(result.get("epochs") or 0), _now_ms()
     metrics = [Metric(_metric_key(k), float(v), now, step) for k, v in result.items()
-               if _is_number(v) and k != "seed" and not (k in last and last[k] == v)]
-    tags = [RunTag(STATUS, "done")]
+               if _is_number(v) and k != "seed" and not (k in last and _same(last[k], v))]
+    tags = []
     if "data_order_hash" in result:
         tags.append(RunTag("affsweep.data_order_hash", str(result["data_order_hash"])))
     for name in TRIAL_ARTIFACTS:
@@ -318,6 +395,9 @@ def log_trial_result(client, run_id: str, trial_dir: Path, result: dict, history
     for i in range(0, max(len(metrics), 1), 1000):
         client.log_batch(run_id, metrics=metrics[i:i + 1000], tags=tags if i == 0 else [])
     client.set_terminated(run_id, "FINISHED")
+    # last: the tag the driver trusts ("done" = nothing to backfill), so a write cut off before it
+    # (worker killed, server gone) leaves the run to be backfilled
+    client.set_tag(run_id, STATUS, "done")
 
 
 def mark_trial_failed(client, run_id: str, error: str, final: bool) -> None:
@@ -353,6 +433,11 @@ def _tag_value(v: Any) -> str:
     if isinstance(v, dict | list):
         return json.dumps(v, sort_keys=True)
     return "null" if v is None else str(v)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, NaN included: the last epoch's NaN is already logged at this step."""
+    return a == b or (_is_number(a) and _is_number(b) and math.isnan(a) and math.isnan(b))
 
 
 def _is_number(v: Any) -> bool:

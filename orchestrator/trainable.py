@@ -9,11 +9,17 @@ trial, ``fit`` resumes from ``trials/<id>/checkpoints/last.pt`` in the trial dir
 Test-only fault injection: the driver copies ``AFFSWEEP_FAIL_TRIALS=<trial_id>:<n>[,...]`` into the
 trial's config as ``inject_failures``; the trial then raises after its first epoch's report in its
 first ``n`` attempts (counted in ``state.json`` across retries and reruns).
+
+Every MLflow write of the trial goes through a ``tracking.BufferedRunLog``: training never waits for
+the tracking server, and a server that is down or restarting gets the writes, in order, when it is
+back. A ``NonFiniteLossError`` is deterministic (same config, seed and checkpoint: same NaN), so Ray's
+retry of such a trial fails at once with the original reason instead of training again.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 import traceback
 from pathlib import Path
@@ -28,37 +34,53 @@ class InjectedFailure(RuntimeError):
     """Raised by the test-only fault injection (AFFSWEEP_FAIL_TRIALS)."""
 
 
+FLUSH_TIMEOUT = float(os.environ.get("AFFSWEEP_MLFLOW_FLUSH_TIMEOUT", "600"))  # s a finished trial waits for MLflow
+
+
 def train_trial(config: dict, tracking_uri: str) -> None:
     """One trial. ``tracking_uri`` comes through ``tune.with_parameters`` (Ray's object store), not the
     config, so a URI with credentials never lands in Ray's params.json."""
+    import ray
     from mlflow.tracking import MlflowClient
 
     from trainers.config import TrialConfig
-    from trainers.engine import fit
+    from trainers.engine import NonFiniteLossError, fit
 
     t = config["trial"]
     if Path(config.get("cwd", "")).is_dir():
         os.chdir(config["cwd"])  # relative paths in the config (dataset.root, ...) mean what they meant to the driver
     cfg = TrialConfig.model_validate(t["config"])
     tdir = Path(t["trial_dir"])
-    state = record.update_state(tdir, status="running", error=None,
-                                attempt=int(record.read_state(tdir).get("attempt", 0)) + 1)
+    ray_trial = tune.get_context().get_trial_id()
+    previous = record.read_state(tdir)
+    if previous.get("nonfinite_in") == ray_trial:  # Ray retries it: the NaN would come back, don't train again
+        raise NonFiniteLossError(f"{previous.get('error')} (deterministic: not retried)")
+    state = record.update_state(tdir, status="running", error=None, attempt=int(previous.get("attempt", 0)) + 1,
+                                node_id=ray.get_runtime_context().get_node_id(), hostname=socket.gethostname(),
+                                pid=os.getpid())
     attempt, fail_times = state["attempt"], int(t.get("inject_failures", 0))
-    client = MlflowClient(tracking_uri=tracking_uri)
-    run_id = t["run_id"]
-    client.update_run(run_id, status="RUNNING")
-    client.set_tag(run_id, tracking.STATUS, "running")
-    client.set_tag(run_id, "affsweep.attempt", str(attempt))
-    logged = tracking.last_logged_epoch(client, run_id)  # a restarted trial never logs an epoch twice
+    # the buffer retries on its own: MLflow's client-side retries (minutes of backoff) would only delay it
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    mlflow_log = tracking.BufferedRunLog(MlflowClient(tracking_uri=tracking_uri), t["run_id"])
+    mlflow_log.submit(_start_attempt, attempt, state["node_id"], state["hostname"])
+    logged: set[int] = set()  # a restarted trial never logs an epoch twice (filled by the first write)
+
+    def log_new_epoch(client, run_id: str, epoch: int, metrics: dict) -> None:
+        if not logged:
+            logged.update(tracking.logged_epochs(client, run_id) or {0})  # {0}: asked once, even if empty
+        if epoch not in logged:
+            tracking.log_epoch(client, run_id, epoch, metrics)
+            logged.add(epoch)
 
     reported: list[int] = []
 
     def report(epoch: int, metrics: dict, checkpoint_dir: Path) -> None:
         if not reported:  # > 1 when this attempt resumed from a checkpoint
-            record.update_state(tdir, first_epoch=epoch)
+            record.update_state(tdir, first_epoch=epoch, last_epoch=epoch)
+        else:
+            record.update_state(tdir, last_epoch=epoch)
         reported.append(epoch)
-        if epoch > logged:
-            tracking.log_epoch(client, run_id, epoch, metrics)
+        mlflow_log.submit(log_new_epoch, epoch, dict(metrics))
         first = ("epoch", "p_mtl", "expr_f1", "va_ccc", "au_f1")  # the order Tune's table shows them in
         numeric = {k: float(metrics[k]) for k in first if tracking._is_number(metrics.get(k))}
         numeric.update({k: float(v) for k, v in metrics.items() if k not in numeric and tracking._is_number(v)})
@@ -77,11 +99,10 @@ def train_trial(config: dict, tracking_uri: str) -> None:
             result = fit(cfg, tdir, report=report, progress=False)
     except BaseException as e:
         message = f"{type(e).__name__}: {e}"
-        record.update_state(tdir, status="error", error=message, traceback=traceback.format_exc()[-4000:])
-        try:
-            tracking.mark_trial_failed(client, run_id, message, final=False)
-        except Exception:  # noqa: BLE001 -- never hide the trial's own error behind a logging one
-            pass
+        extra = {"nonfinite_in": ray_trial} if isinstance(e, NonFiniteLossError) else {}
+        record.update_state(tdir, status="error", error=message, traceback=traceback.format_exc()[-4000:], **extra)
+        mlflow_log.submit(lambda client, run_id: tracking.mark_trial_failed(client, run_id, message, final=False))
+        mlflow_log.close(timeout=30)  # the driver records the final failure itself if MLflow is away
         raise
 
     # result.json as DESIGN has it: trial_id, sweep, seed, status + every axis value + final metrics
@@ -89,5 +110,15 @@ def train_trial(config: dict, tracking_uri: str) -> None:
     full = {"trial_id": cfg.trial_id, "sweep": config["sweep"], "seed": cfg.seed, "status": "done",
             **t["axes"], **metrics}
     record.write_json(tdir / "result.json", full)
-    tracking.log_trial_result(client, run_id, tdir, full, history=result.history)
-    record.update_state(tdir, status="done", error=None, fit_seconds=time.perf_counter() - started)
+    mlflow_log.submit(tracking.log_trial_result, tdir, full, result.history)
+    delivered = mlflow_log.close(timeout=FLUSH_TIMEOUT)
+    record.update_state(tdir, status="done", error=None, fit_seconds=time.perf_counter() - started,
+                        mlflow_retries=mlflow_log.failed_writes, mlflow_delivered=delivered)
+
+
+def _start_attempt(client, run_id: str, attempt: int, node_id: str, hostname: str) -> None:
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, tracking.STATUS, "running")
+    client.set_tag(run_id, "affsweep.attempt", str(attempt))
+    client.set_tag(run_id, "affsweep.node_id", node_id)
+    client.set_tag(run_id, "affsweep.hostname", hostname)
