@@ -11,6 +11,7 @@ The helpers (``RayCluster``, ``MlflowServer``, ``sweep_yaml``) are shared with `
 
 from __future__ import annotations
 
+import http.client
 import os
 import secrets
 import shutil
@@ -58,6 +59,10 @@ def sweep_yaml(path: Path, *, name: str, uri: str, storage: Path, grid: str, epo
                retries: int = 1) -> Path:
     path.write_text(SWEEP.format(name=name, uri=uri, storage=storage, grid=grid, epochs=epochs, retries=retries))
     return path
+
+
+class _ServerDied(Exception):
+    """The mlflow server process exited while starting (e.g. its port was taken)."""
 
 
 def free_ports(n: int) -> list[int]:
@@ -200,7 +205,21 @@ class MlflowServer:
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 180, env: dict | None = None) -> MlflowServer:
+    def start(self, timeout: float = 180, env: dict | None = None, attempts: int = 3) -> MlflowServer:
+        """Start on a port chosen now (a port chosen earlier may since have gone to a Ray process);
+        if the server cannot bind it after all, try another port."""
+        for attempt in range(attempts):
+            if attempt or self.port is None:
+                self.port = free_ports(1)[0]
+            try:
+                return self._start_once(timeout, env)
+            except _ServerDied:
+                if attempt == attempts - 1:
+                    log = (self.root / "server.log").read_text()[-2000:]
+                    raise AssertionError(f"mlflow server did not start: {log}") from None
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float, env: dict | None) -> MlflowServer:
         self.env = env if env is not None else getattr(self, "env", {})
         cmd = [PYTHON, "-m", "mlflow", "server", "--backend-store-uri", self.store_uri, "--artifacts-destination",
                str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
@@ -210,12 +229,13 @@ class MlflowServer:
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-2000:]
+            if self.proc.poll() is not None:
+                raise _ServerDied
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
                     if r.status == 200:
                         return self
-            except (urllib.error.URLError, OSError):
+            except (urllib.error.URLError, OSError, http.client.HTTPException):  # not (yet) our server
                 time.sleep(0.25)
         raise AssertionError(f"mlflow server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
 
