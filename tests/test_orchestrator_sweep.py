@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from orchestrator import results as record
 from orchestrator import tracking
 from orchestrator.driver import run_sweep
 from orchestrator.expand import load_sweep
+from tests.test_cluster_multinode import listening_addresses
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,22 +48,6 @@ analysis:
   metrics: [p_mtl, va_ccc]
 storage: {storage}
 """
-
-
-def listening_addresses(port: int) -> set[str]:
-    """Local addresses with a socket listening on ``port`` (from /proc/net/tcp{,6})."""
-    found = set()
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            local, state = line.split()[1], line.split()[3]
-            addr, p = local.rsplit(":", 1)
-            if int(p, 16) == port and state == "0A":  # LISTEN
-                found.add(socket.inet_ntoa(bytes.fromhex(addr)[::-1]) if len(addr) == 8 else addr)
-    return found
 
 
 @pytest.fixture(scope="module")
