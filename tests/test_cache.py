@@ -10,10 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-try:  # pytest's rootdir-relative or tests/-relative import, whichever applies
-    from tests.fixtures_datasets import make_affectnet_tree, make_affwild2_tree, write_garbage, write_image
-except ImportError:
-    from fixtures_datasets import make_affectnet_tree, make_affwild2_tree, write_garbage, write_image
+from tests.fixtures_datasets import make_affectnet_tree, make_affwild2_tree, write_garbage, write_image
 from trainers.data import cache as cache_mod
 from trainers.data.affectnet import load_affectnet
 from trainers.data.affwild2 import load_affwild2

@@ -268,13 +268,19 @@ def affsweep_run(yaml: Path, address: str, env: dict, *, resume: bool = False, w
                             start_new_session=True)
     if not wait:
         return proc
+    out = finish(proc, timeout)
+    return proc.returncode, out
+
+
+def finish(proc, timeout: float = 240) -> str:
+    """The output of a driver started with ``wait=False``; killed (its whole group) on timeout."""
     try:
         out, _ = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return proc.returncode, out
+    return out
 
 
 # --- the test ---------------------------------------------------------------------------------------

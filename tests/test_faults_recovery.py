@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_cluster_multinode import MlflowServer, RayCluster, affsweep_run, processes_of, sweep_yaml
 
 from orchestrator import results as record
 from orchestrator.expand import load_sweep
+from tests.test_cluster_multinode import MlflowServer, RayCluster, affsweep_run, finish, processes_of, sweep_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.ci]
 
@@ -67,16 +67,6 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def finish(proc, timeout: float = 240) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return out
 
 
 def states(sweep_dir: Path, plan) -> dict[str, dict]:

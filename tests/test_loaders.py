@@ -8,29 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-try:  # pytest's rootdir-relative or tests/-relative import, whichever applies
-    from tests.fixtures_datasets import (
-        AFFECTNET_NAMES,
-        AU,
-        COLUMNS,
-        RAF_NAMES,
-        make_affectnet_tree,
-        make_affwild2_tree,
-        make_rafdb_tree,
-        replace_line,
-        write_garbage,
-    )
-except ImportError:
-    from fixtures_datasets import (
-        AFFECTNET_NAMES,
-        AU,
-        COLUMNS,
-        RAF_NAMES,
-        make_affectnet_tree,
-        make_affwild2_tree,
-        make_rafdb_tree,
-        replace_line,
-        write_garbage,
+from tests.fixtures_datasets import (
+    AFFECTNET_NAMES,
+    AU,
+    COLUMNS,
+    RAF_NAMES,
+    make_affectnet_tree,
+    make_affwild2_tree,
+    make_rafdb_tree,
+    replace_line,
+    write_garbage,
     )
 from trainers.data.affectnet import load_affectnet
 from trainers.data.affwild2 import check_video_disjoint, load_affwild2
