@@ -172,51 +172,72 @@ def plan_looks(looks: Sequence[int], alpha: float = 0.05, spending: str = "obrie
 
 
 def _critical_values(stat, excluded, allowed, tolerance):
-    """Per row: the smallest c such that #{paths not excluded with stat >= c - tol} <= allowed
-    (+inf when not even the most extreme group of tied paths fits)."""
-    values = np.sort(np.where(excluded, -np.inf, stat), axis=1)
+    """Per row b and level l: the smallest c such that the paths not in ``excluded[b, l]`` with
+    ``stat >= c - tol`` number at most ``allowed[b, l]`` (+inf when not even the most extreme group
+    of tied paths fits). One sort of ``stat`` serves every level."""
+    order = np.argsort(stat, axis=1)
+    values = np.take_along_axis(stat, order, axis=1)
     width = values.shape[1]
-    index = np.arange(width)
     new_group = np.ones(values.shape, dtype=bool)
-    with np.errstate(invalid="ignore"):  # -inf - -inf among excluded paths: NaN, not a new group
-        new_group[:, 1:] = np.diff(values, axis=1) > tolerance[:, None]
-    group_start = np.maximum.accumulate(np.where(new_group, index, 0), axis=1)
-    at_least = width - group_start  # paths at least as extreme as this value, ties included
-    fits = np.isfinite(values) & (at_least <= allowed[:, None])
-    first = np.argmax(fits, axis=1)
-    return np.where(fits.any(axis=1), values[np.arange(len(values)), first], np.inf)
+    new_group[:, 1:] = np.diff(values, axis=1) > tolerance[:, None]
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(width), 0), axis=1)
+    is_open = ~np.take_along_axis(excluded, order[:, None, :], axis=2)
+    # open paths at sorted positions >= k: all open paths less those before k
+    open_from = is_open.sum(axis=2, keepdims=True, dtype=np.int32) - np.cumsum(is_open, axis=2, dtype=np.int32)
+    open_from += is_open
+    at_least = np.take_along_axis(open_from, np.broadcast_to(group_start[:, None, :], is_open.shape), axis=2)
+    fits = is_open & (at_least <= allowed[..., None])  # a suffix of the open paths: counts fall with c
+    first = np.argmax(fits, axis=2)
+    c = np.take_along_axis(values, first, axis=1)
+    return np.where(fits.any(axis=2), c, np.inf)
 
 
 def _first_crossings(diffs, looks, budgets, alternative, last_boundary=False):
-    """Exact sequential test of each row: the 0-based look at which it first crosses (``len(looks)``
-    when it never does) and the critical sums ``c_j`` (NaN at the last look unless
-    ``last_boundary``, which enumerates all ``2**n_K`` paths instead of counting by meet in the
-    middle). ``budgets[b, j]`` is how many of the ``2**n_j`` sign paths row ``b`` may reject by look j."""
+    """Exact sequential test of each row at each of L levels: the 0-based look at which it first
+    crosses (``len(looks)`` when it never does), shape (B, L), and the critical sums ``c_j``,
+    shape (B, L, K) (NaN at the last look unless ``last_boundary``, which enumerates all
+    ``2**n_K`` paths instead of counting by meet in the middle). ``budgets[b, l, j]`` is how many of
+    the ``2**n_j`` sign paths row b may reject by look j at level l."""
     d = np.asarray(diffs, dtype=float)
     rows, n_looks = d.shape[0], len(looks)
+    budgets = np.asarray(budgets).reshape(rows, -1, n_looks)
+    levels = budgets.shape[1]
     magnitudes = np.abs(d)
     prefix = np.zeros((rows, 1))
-    excluded = np.zeros((rows, 1), dtype=bool)
-    first = np.full(rows, n_looks)
-    boundaries = np.full((rows, n_looks), np.nan)
+    excluded = np.zeros((rows, levels, 1), dtype=bool)
+    first = np.full((rows, levels), n_looks)
+    boundaries = np.full((rows, levels, n_looks), np.nan)
     for j, n in enumerate(looks):
         block = signed_sums(magnitudes[:, (looks[j - 1] if j else 0):n])
-        observed = observed_statistic(d[:, :n].sum(axis=1), alternative)
+        observed = observed_statistic(d[:, :n].sum(axis=1), alternative)[:, None]
         tolerance = RTOL * magnitudes[:, :n].sum(axis=1)
         if j < n_looks - 1 or last_boundary:
             prefix = (prefix[:, :, None] + block[:, None, :]).reshape(rows, -1)
-            excluded = np.repeat(excluded, block.shape[1], axis=1)  # same path order as the reshape
+            excluded = np.repeat(excluded, block.shape[1], axis=2)  # same path order as the reshape
             stat = observed_statistic(prefix, alternative)
-            c = _critical_values(stat, excluded, budgets[:, j] - excluded.sum(axis=1), tolerance)
-            crossed = observed >= c - tolerance
-            excluded |= stat >= (c - tolerance)[:, None]
-            boundaries[:, j] = c
+            c = _critical_values(stat, excluded, budgets[:, :, j] - excluded.sum(axis=2), tolerance)
+            crossed = observed >= c - tolerance[:, None]
+            excluded |= stat[:, None, :] >= (c - tolerance[:, None])[:, :, None]
+            boundaries[:, :, j] = c
         else:  # last look, decision only: count the paths at least as extreme as the observed one
-            rejected_before = excluded.sum(axis=1) * block.shape[1]
-            count = count_pairs_at_least(prefix, block, observed - tolerance, alternative, left_excluded=excluded)
-            crossed = rejected_before + count <= budgets[:, j]
+            rejected_before = excluded.sum(axis=2) * block.shape[1]
+            count = count_pairs_at_least(prefix, block, observed[:, 0] - tolerance, alternative, left_excluded=excluded)
+            crossed = rejected_before + count <= budgets[:, :, j]
         first = np.where((first == n_looks) & crossed, j, first)
     return first, boundaries
+
+
+def _chunked_first_crossings(diffs, looks, budgets, alternative, max_elements=1 << 22):
+    """:func:`_first_crossings` over row chunks that keep each path array near ``max_elements``."""
+    rows, levels = budgets.shape[:2]
+    last = looks[-1] - (looks[-2] if len(looks) > 1 else 0)
+    widest = 2 ** max(looks[-2] if len(looks) > 1 else 0, last) * levels
+    chunk = max(1, max_elements // widest)
+    first = np.empty((rows, levels), dtype=int)
+    for start in range(0, rows, chunk):
+        first[start:start + chunk], _ = _first_crossings(diffs[start:start + chunk], looks,
+                                                         budgets[start:start + chunk], alternative)
+    return first
 
 
 def _closed_test(crossed):
@@ -227,17 +248,6 @@ def _closed_test(crossed):
     others_open = not_crossed.sum(axis=-2, keepdims=True) - not_crossed  # other hypotheses, per level
     fewer_than_needed = others_open < np.arange(m)  # fewer than s - 1 others still open at level s
     return (crossed | fewer_than_needed).all(axis=-1)
-
-
-def _chunked_first_crossings(diffs, looks, budgets, alternative, max_elements=1 << 22):
-    rows = diffs.shape[0]
-    widest = 2 ** max(looks[-2] if len(looks) > 1 else 0, looks[-1] - (looks[-2] if len(looks) > 1 else 0))
-    chunk = max(1, max_elements // widest)
-    first = np.empty(rows, dtype=int)
-    for start in range(0, rows, chunk):
-        first[start:start + chunk], _ = _first_crossings(diffs[start:start + chunk], looks,
-                                                         budgets[start:start + chunk], alternative)
-    return first
 
 
 @dataclass(frozen=True)
@@ -294,7 +304,7 @@ def critical_means(diffs, design: SequentialDesign, level_divisor: int = 1) -> n
     looks = [n for n in design.looks if n <= d.size]
     budgets = design.budgets(level_divisor)[None, : len(looks)]
     _, c = _first_crossings(d[None, : looks[-1]], looks, budgets, design.alternative, last_boundary=True)
-    return c[0] / np.asarray(looks)
+    return c[0, 0] / np.asarray(looks)
 
 
 def _pvalue(d, alternative):
@@ -332,9 +342,9 @@ def decide_at_look(diffs_by_hypothesis: Mapping[str, Sequence[float]], look: int
                 raise ValueError(f"{h}: look {j} needs {n} seeds, got {data[h].size}")
         for i, h in enumerate(names):
             if h in active:
-                first, _ = _first_crossings(np.repeat(data[h][None, :n], m, axis=0), design.looks[:j],
-                                            budgets[:, :j], design.alternative)
-                crossed[i] = first < j
+                first, _ = _first_crossings(data[h][None, :n], design.looks[:j], budgets[None, :, :j],
+                                            design.alternative)
+                crossed[i] = first[0] < j
         rejected = _closed_test(crossed)
         for i, h in enumerate(names):
             if h not in active:
@@ -378,15 +388,16 @@ def operating_characteristics(design: SequentialDesign, effects: Sequence[float]
     """Simulate ``n_studies`` studies of ``design`` (futility not applied): hypothesis h's paired
     differences are iid ``N(effects[h], 1)``, independent across hypotheses (the sign-flip test is
     scale-invariant, so ``effects`` are standardised effects ``mean/sd``). Vectorised: every
-    hypothesis and Holm level of every study is one row of the exact sequential test."""
+    hypothesis of every study is one row of the exact sequential test, its Holm levels sharing
+    the enumerated paths."""
     m = len(effects)
     if m != design.family_size:
         raise ValueError(f"design is for a family of {design.family_size}, got {m} effects")
     rng = np.random.default_rng(seed)
     d = np.asarray(effects, dtype=float)[None, :, None] + rng.standard_normal((n_studies, m, design.max_n))
     budgets = np.stack([design.budgets(s) for s in range(1, m + 1)])  # (levels, looks)
-    rows = np.repeat(d[:, :, None, :], m, axis=2).reshape(-1, design.max_n)  # (study, h, level)
-    row_budgets = np.broadcast_to(budgets[None, None], (n_studies, m, m, len(design.looks))).reshape(rows.shape[0], -1)
+    rows = d.reshape(-1, design.max_n)  # (study, hypothesis); the Holm levels share each row's paths
+    row_budgets = np.broadcast_to(budgets[None], (rows.shape[0],) + budgets.shape)
     first = _chunked_first_crossings(rows, design.looks, row_budgets, design.alternative).reshape(n_studies, m, m)
     n_looks = len(design.looks)
     rejected_at = np.full((n_studies, m), n_looks)

@@ -65,28 +65,48 @@ def count_pairs_at_least(left, right, threshold, alternative: str = "two-sided",
     """Per row b: ``#{(x, y) : x in left[b] not excluded, y in right[b], stat(x + y) >= threshold[b]}``.
 
     ``stat`` is :func:`observed_statistic`; ``threshold`` is used as given (the caller subtracts its
-    tie tolerance). Two-sided with ``threshold <= 0`` every pair counts. Exact, by meet in the
-    middle as in ``paired._count_at_least``: sort a row's left values once, then a pair with
-    ``x + y >= t`` is a left value ``x >= t - y`` (one ``searchsorted`` per row; a Python loop over
-    rows of cache-sized arrays is several times faster here than one global sort of all rows).
+    tie tolerance). Two-sided with ``threshold <= 0`` every pair counts. ``left_excluded`` (shape
+    ``(B, P)``, or ``(B, L, P)`` for ``L`` exclusion sets sharing the same values, e.g. the Holm
+    levels of a sequential design) removes left values; the result then has shape ``(B,)`` or
+    ``(B, L)``. Exact, by meet in the middle as in ``paired._count_at_least``: sort a row's left
+    values once; a pair with ``x + y >= t`` is a left value ``x >= t - y``, found by
+    ``searchsorted`` (a loop over rows of cache-sized arrays is several times faster here than one
+    global sort of all rows); excluded values are discounted with a cumulative count.
     """
     check_alternative(alternative)
     left = np.asarray(left, dtype=float)
     right = np.asarray(right, dtype=float)
-    t = np.broadcast_to(np.asarray(threshold, dtype=float), (left.shape[0],))
-    excluded = None if left_excluded is None else np.asarray(left_excluded, dtype=bool)
-    count = np.zeros(left.shape[0], dtype=np.int64)
-    for b in range(left.shape[0]):
-        x = np.sort(left[b] if excluded is None else left[b][~excluded[b]])
-        y = right[b]
-        if alternative == "two-sided" and t[b] <= 0:
-            count[b] = x.size * y.size
-            continue
-        if alternative in ("greater", "two-sided"):
-            count[b] += x.size * y.size - int(np.searchsorted(x, t[b] - y, side="left").sum())
-        if alternative in ("less", "two-sided"):
-            count[b] += int(np.searchsorted(x, -t[b] - y, side="right").sum())
-    return count
+    rows, width = left.shape
+    t = np.broadcast_to(np.asarray(threshold, dtype=float), (rows,))
+    single = left_excluded is None or np.ndim(left_excluded) == 2
+    excluded = (np.zeros((rows, 1, width), dtype=bool) if left_excluded is None
+                else np.asarray(left_excluded, dtype=bool).reshape(rows, -1, width))
+    order = np.argsort(left, axis=1)
+    x = np.take_along_axis(left, order, axis=1)
+    is_open = ~np.take_along_axis(excluded, order[:, None, :], axis=2)
+    # open_from[b, l, k]: usable left values at sorted positions >= k (k = 0..width)
+    total = is_open.sum(axis=2, keepdims=True, dtype=np.int64)
+    open_from = np.zeros(is_open.shape[:2] + (width + 1,), dtype=np.int64)
+    open_from[..., 1:] = np.cumsum(is_open, axis=2)
+    open_from = total - open_from  # usable values at positions >= k = all less those before k
+    at_least_pos = np.empty(right.shape, dtype=np.int64)  # first sorted position with x >= t - y
+    at_most_pos = np.empty(right.shape, dtype=np.int64)  # first sorted position with x > -t - y
+    for b in range(rows):
+        at_least_pos[b] = np.searchsorted(x[b], t[b] - right[b], side="left")
+        at_most_pos[b] = np.searchsorted(x[b], -t[b] - right[b], side="right")
+
+    def usable_from(pos):  # (B, L, R): usable left values at sorted positions >= pos
+        index = np.broadcast_to(pos[:, None, :], is_open.shape[:2] + pos.shape[1:])
+        return np.take_along_axis(open_from, index, axis=2)
+
+    count = np.zeros(is_open.shape[:2], dtype=np.int64)
+    if alternative in ("greater", "two-sided"):
+        count += usable_from(at_least_pos).sum(axis=2)
+    if alternative in ("less", "two-sided"):
+        count += (total - usable_from(at_most_pos)).sum(axis=2)
+    if alternative == "two-sided":  # the two events overlap only when t <= 0: then every pair counts
+        count = np.where((t <= 0)[:, None], total[..., 0] * right.shape[1], count)
+    return count[:, 0] if single else count
 
 
 def signflip_pvalues(diffs, alternative: str = "two-sided") -> np.ndarray:
