@@ -126,3 +126,19 @@ def test_bad_arguments_are_refused():
         power_from_pilot([0.3, 0.5], model="t")
     with pytest.raises(ValueError, match="alternative"):
         seeds_needed(0.05, alternative="both")
+
+
+@pytest.mark.parametrize("alternative", ["two-sided", "greater", "less"])
+def test_pair_counts_with_exclusions_equal_brute_force(alternative):
+    from analysis.signflip import count_pairs_at_least, observed_statistic
+
+    rng = np.random.default_rng(9)
+    # quarters are exact in binary, so x + y >= t and x >= t - y agree and ties are real ties
+    left, right = np.round(4 * rng.normal(size=(6, 32))) / 4, np.round(4 * rng.normal(size=(6, 8))) / 4
+    excluded = rng.random((6, 3, 32)) < 0.3
+    threshold = np.array([0.5, 1.0, 0.0, -0.5, 2.0, 0.3])
+    stat = observed_statistic(left[:, :, None] + right[:, None, :], alternative)  # (row, x, y)
+    expected = ((stat[:, None] >= threshold[:, None, None, None]) & ~excluded[..., None]).sum(axis=(2, 3))
+    np.testing.assert_array_equal(count_pairs_at_least(left, right, threshold, alternative, excluded), expected)
+    np.testing.assert_array_equal(count_pairs_at_least(left, right, threshold, alternative),
+                                  (stat >= threshold[:, None, None]).sum(axis=(1, 2)))
