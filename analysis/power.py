@@ -159,7 +159,8 @@ def power_from_pilot(
       this interval is typically most of [alpha, 1]: that is the honest answer.
     - ``"bootstrap"``: future differences are drawn with replacement from the pilot itself; the
       interval is the spread of the power over 100 bootstrap resamples of the pilot (each estimated
-      from ``max(100, n_sim // 10)`` simulated data sets, so it includes that Monte-Carlo noise).
+      from ``max(60, n_sim // 30)`` simulated data sets, so it includes that Monte-Carlo noise and
+      is somewhat wider than the pilot's uncertainty alone).
       With few pilot seeds this is over-confident — three same-signed pilot differences can only
       produce same-signed simulated seeds, i.e. power 1 at every attainable ``n`` with a
       degenerate interval — which is why it is not the default.
@@ -196,7 +197,7 @@ def power_from_pilot(
         tested = "two-sided" if alternative == "two-sided" else "greater"
     else:
         effect = float(d.mean())
-        n_outer, n_inner = 100, max(100, n_sim // 10)
+        n_outer, n_inner = 100, max(60, n_sim // 30)
         outer = d[rng.integers(0, d.size, size=(n_outer, d.size))]
 
     rows = []
