@@ -92,6 +92,12 @@ def spent_alpha(t, alpha: float, rule: str):
     raise ValueError(f"spending must be one of {SPENDING_RULES}, got {rule!r}")
 
 
+def _cumulative_alpha(looks, alpha, rule):
+    spent = spent_alpha(np.asarray(looks) / looks[-1], alpha, rule)
+    spent[-1] = alpha  # alpha(1) = alpha, without rounding
+    return spent
+
+
 @dataclass(frozen=True)
 class LookPlan:
     """One look: ``n`` seeds, information ``t = n / n_K``, cumulative ``alpha_spent`` (at the design's
@@ -127,9 +133,7 @@ class SequentialDesign:
     def cumulative_alpha(self, level_divisor: int = 1) -> np.ndarray:
         """Cumulative alpha at each look for the spending ``alpha(t) / level_divisor``; exactly
         ``alpha / level_divisor`` at the last look."""
-        spent = spent_alpha(np.asarray(self.looks) / self.max_n, self.alpha, self.spending)
-        spent[-1] = self.alpha  # alpha(1) = alpha, without rounding
-        return spent / level_divisor
+        return _cumulative_alpha(self.looks, self.alpha, self.spending) / level_divisor
 
     def budgets(self, level_divisor: int = 1) -> np.ndarray:
         """Sign paths that may be rejected by each look: ``floor(alpha_j * 2**n_j)``."""
@@ -159,8 +163,7 @@ def plan_looks(looks: Sequence[int], alpha: float = 0.05, spending: str = "obrie
         raise ValueError(f"family_size must be >= 1, got {family_size}")
     if futility is not None and not 0 < futility < 1:
         raise ValueError(f"futility must be a p-value in (0, 1), got {futility}")
-    spent = spent_alpha(np.asarray(looks) / looks[-1], alpha, spending)
-    spent[-1] = alpha
+    spent = _cumulative_alpha(looks, alpha, spending)
     rows = tuple(
         LookPlan(look=j + 1, n=n, information=n / looks[-1], alpha_spent=float(a),
                  alpha_spent_first_step=float(a / family_size), smallest_pvalue=smallest_pvalue(n, alternative),
@@ -257,7 +260,8 @@ class HypothesisDecision:
     seeds). ``look``/``n``: the look (1-based) and seed count that decided it, or the current ones
     while it continues; ``mean_difference`` at that look; ``critical_mean``: the exact boundary on
     ``mean(d)`` (on ``|mean|`` two-sided) at that look for its first Holm step, alpha(t)/m — given the
-    observed magnitudes, as the boundaries are conditional on them."""
+    observed magnitudes, as the boundaries are conditional on them (NaN beyond
+    ``MAX_ENUMERATED_SEEDS`` seeds)."""
 
     name: str
     status: str
@@ -299,9 +303,13 @@ class SequentialDecision:
 def critical_means(diffs, design: SequentialDesign, level_divisor: int = 1) -> np.ndarray:
     """Exact boundary on ``mean(d)`` (``|mean|`` two-sided; ``-mean`` for "less") at each look that
     ``diffs`` reach, for the spending ``alpha(t)/level_divisor``, given the observed magnitudes
-    (``inf``: that look cannot reject). Enumerates every path, for reports and checks."""
+    (``inf``: that look cannot reject). Enumerates every path, for reports and checks, so at most
+    ``MAX_ENUMERATED_SEEDS`` seeds."""
     d = np.asarray(diffs, dtype=float).ravel()
     looks = [n for n in design.looks if n <= d.size]
+    if looks[-1] > MAX_ENUMERATED_SEEDS:
+        raise ValueError(f"critical means enumerate all 2**n paths: at most {MAX_ENUMERATED_SEEDS} seeds, "
+                         f"got {looks[-1]}")
     budgets = design.budgets(level_divisor)[None, : len(looks)]
     _, c = _first_crossings(d[None, : looks[-1]], looks, budgets, design.alternative, last_boundary=True)
     return c[0, 0] / np.asarray(looks)
@@ -363,7 +371,7 @@ def decide_at_look(diffs_by_hypothesis: Mapping[str, Sequence[float]], look: int
         n = design.looks[j - 1]
         decisions.append(HypothesisDecision(
             name=h, status=status[h], look=j, n=n, mean_difference=float(data[h][:n].mean()),
-            critical_mean=float(critical_means(data[h][:n], design, m)[j - 1]),
+            critical_mean=float(critical_means(data[h][:n], design, m)[j - 1]) if n <= MAX_ENUMERATED_SEEDS else np.nan,
         ))
     return SequentialDecision(look=look, n=design.looks[look - 1], decisions=tuple(decisions), design=design)
 
