@@ -22,7 +22,15 @@ import functools
 
 import numpy as np
 
-__all__ = ["ALTERNATIVES", "count_pairs_at_least", "observed_statistic", "signed_sums", "signflip_pvalues"]
+__all__ = [
+    "ALTERNATIVES",
+    "RTOL",
+    "check_alternative",
+    "count_pairs_at_least",
+    "observed_statistic",
+    "signed_sums",
+    "signflip_pvalues",
+]
 
 ALTERNATIVES = ("two-sided", "greater", "less")
 # Ties within this fraction of sum|d| count as "at least as extreme" (as paired._RTOL).
