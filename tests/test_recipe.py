@@ -205,3 +205,23 @@ def test_schedule_warmup_freezes_the_encoder_then_only_the_upper_half_moves_at_f
     # P_MTL's VA part is the mean of the two CCCs
     assert result["va_ccc"] == pytest.approx((result["va_ccc_v"] + result["va_ccc_a"]) / 2)
     assert result["p_mtl"] == pytest.approx(result["va_ccc"] + result["expr_f1"] + result["au_f1"])
+
+
+def test_every_k_subsamples_affwild2_training_only(tmp_path):
+    """The official protocol scores every validation frame (METHODS §3): ``every_k`` thins the
+    training split; the validation split is thinned only by the explicit ``val_every_k``."""
+    from fixtures_datasets import make_affwild2_tree
+
+    from trainers.config import DatasetConfig
+    from trainers.data.affwild2 import load_affwild2
+    from trainers.data.pipeline import load_split
+
+    make_affwild2_tree(tmp_path, frames=20)
+    ds = DatasetConfig(name="affwild2", root=str(tmp_path), every_k=3)
+    full_train, full_val = load_affwild2(tmp_path, "train"), load_affwild2(tmp_path, "val")
+    train, val = load_split(ds, "train"), load_split(ds, "val")
+    for video, frames in full_train.groupby("group")["frame"]:
+        assert train.loc[train["group"] == video, "frame"].tolist() == frames.tolist()[::3]
+    pd.testing.assert_frame_equal(val, full_val)
+    thinned = load_split(ds.model_copy(update={"val_every_k": 2}), "val")
+    assert len(thinned) < len(full_val)
