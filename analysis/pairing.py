@@ -3,8 +3,14 @@
 For a contrast A vs B, a trial of A is paired with the trial of B that agrees with it on every axis
 except the contrasted one(s) and shares its seed. Whatever cannot be paired is reported, never
 dropped silently: trials without a partner, duplicated grid points, failed trials, and pairs whose
-``data_order_hash`` disagree (the same seed must mean the same data order) are listed in the
-:class:`Pairing` and left out of every test.
+``data_order_hash`` disagree are listed in the :class:`Pairing` and left out of every test.
+
+``data_order_hash`` is what one seed must hold fixed across conditions (METHODS §7): the world
+(dataset, its train/validation split, n, the labels as distributed) and the seed's random streams
+(initialisation, data order, augmentation) — ``trainers.data.pipeline.matched_seed_hash``. What a
+condition changes by design (its own sampler, e.g. natural sampling; injected label noise) does not
+enter it, so such pairs stay matched; another world, n or split is a violation. The realized
+first-epoch order is recorded separately (``sample_order_hash``) and not checked here.
 
 Axes that are constant within A and within B but differ between them (e.g. ``method.name`` when
 the selectors name only ``method.cost``) are implied by the contrast and contrasted as well; the
@@ -117,7 +123,8 @@ class UnmatchedTrial:
 
 @dataclass(frozen=True)
 class IntegrityViolation:
-    """A would-be pair whose ``data_order_hash`` differ: same seed, different data order."""
+    """A would-be pair whose ``data_order_hash`` differ: same seed, but another world (dataset,
+    split, n) or other random streams."""
 
     stratum: Items
     seed: Any

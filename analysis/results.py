@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 BOOKKEEPING_COLUMNS: tuple[str, ...] = (
-    "trial_id", "sweep", "seed", "status", "data_order_hash",
+    "trial_id", "sweep", "seed", "status", "data_order_hash", "sample_order_hash", "sampling",
     # tolerated extras a writer may add; never axes
     "error", "message", "trial_dir", "run_id", "mlflow_run_id", "started_at", "finished_at",
     "host", "hostname", "node_id", "device", "config_hash",

@@ -69,22 +69,26 @@ def test_critic_loss_by_hand():
     assert float(critic_loss(z, strong, weak, margin)) == pytest.approx(compact + 0.5 * separate)
 
 
-def test_adaptive_margin_follows_eq_8():
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(10, 16, generator=g)
-    z[5:] += 0.3
-    strong = torch.arange(10) < 5
-    weak = ~strong
-    m = adaptive_margin(z, strong, weak, c=0.05, kernel_var=0.2)
-    kern = np.exp(-z.numpy() ** 2 / 0.4)
-    eta = np.corrcoef(kern[:5].mean(0), kern[5:].mean(0))[0, 1]
-    mi = -0.5 * math.log(1 - eta ** 2)
-    d2 = ((z.numpy()[:, None] - z.numpy()[None]) ** 2).sum(-1)
-    cross = strong.numpy()[:, None] != strong.numpy()[None, :]
-    k = max(1, int(((d2 < mi) & cross).any(1).sum()))
-    assert float(m["eta"]) == pytest.approx(eta, rel=1e-4)
-    assert float(m["k"]) == k
-    assert float(m["margin"]) == pytest.approx(mi + math.log(10 / 0.05) / (2 * k), rel=1e-4)
+def test_adaptive_margin_by_hand():
+    """Eq. 8 on a case worked by hand. With kernel_var 0.5 the Gaussian-kernel feature is exp(-z²):
+    z = 0, sqrt(ln 2), sqrt(ln 4) give 1, 1/2, 1/4. Strong frames 0, 1 and weak frame 3 sit at
+    (0, sqrt ln2, sqrt ln4): features (1, 1/2, 1/4); weak frame 2 at the mirror point: (1/4, 1/2, 1).
+    Strong mean (1, 1/2, 1/4), weak mean (5/8, 1/2, 5/8): deviations (10, -2, -8)/24 and (1, -2, 1)/24,
+    so η = 6 / sqrt(168 · 6) = sqrt(1/28) and MI = -½ log(1 - 1/28) = ½ log(28/27). Frame 3 is at
+    distance 0 from frames 0 and 1, frame 2 at D² = 2 ln 4 ≫ MI from both: K = 3 frames lie inside
+    the margin; N = 4, so α̂ = ½ log(28/27) + log(4 / 0.05) / (2 · 3)."""
+    a, b = math.sqrt(math.log(2)), math.sqrt(math.log(4))
+    z = torch.tensor([[0.0, a, b], [0.0, a, b], [b, a, 0.0], [0.0, a, b]])
+    strong = torch.tensor([True, True, False, False])
+    m = adaptive_margin(z, strong, ~strong, c=0.05, kernel_var=0.5)
+    assert float(m["eta"]) == pytest.approx(math.sqrt(1 / 28), rel=1e-5)
+    assert float(m["mi"]) == pytest.approx(0.5 * math.log(28 / 27), rel=1e-4)
+    assert float(m["k"]) == 3 and float(m["n"]) == 4
+    assert float(m["margin"]) == pytest.approx(0.5 * math.log(28 / 27) + math.log(80) / 6, rel=1e-5)
+    # no weak frame near a strong one: K is at least 1 (the clamp), so α̂ = MI + log(N/c)/2
+    far = adaptive_margin(z[:3], strong[:3], ~strong[:3], c=0.05, kernel_var=0.5)
+    assert float(far["k"]) == 1
+    assert float(far["margin"]) == pytest.approx(float(far["mi"]) + math.log(3 / 0.05) / 2, rel=1e-5)
 
 
 def _context(n=64):

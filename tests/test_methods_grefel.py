@@ -104,13 +104,16 @@ def test_anchor_loss_enters_the_gradient_outside_the_task_weighting():
 
 
 def test_balanced_batches_give_every_class_the_same_expected_share():
+    from trainers.data.pipeline import sampler_weights
+
     expr = np.array([0] * 10 + [1] * 3 + [2] * 1 + [-1] * 4 + [7] * 2)
     method = create_method("grefel", _context(expr), balanced=True)
-    w = method.train_sampler_weights()
+    assert method.sampling() == "class_balanced"
+    w = sampler_weights(method.sampling(), expr)
     assert (w[expr < 0] == 0).all()
-    shares = [w[expr == k].sum() for k in (0, 1, 2, 7)]
-    np.testing.assert_allclose(shares, [shares[0]] * 4)
-    assert create_method("grefel", _context(expr)).train_sampler_weights() is None
+    # by hand: each present class totals 1 -> 1/10, 1/3, 1/1, 1/2 per frame
+    np.testing.assert_allclose(w[expr >= 0], [0.1] * 10 + [1 / 3] * 3 + [1.0] + [0.5] * 2)
+    assert create_method("grefel", _context(expr)).sampling() is None  # the recipe's sampler
 
 
 def test_net_schedules_every_parameter():

@@ -76,8 +76,8 @@ def test_logit_adjustment_adds_tau_log_prior_at_training_only():
     log_prior = torch.log(torch.tensor([0.7, 0.2, 0.1] + [1e-12] * 5))
     expected = F.cross_entropy(logits[:3] + log_prior, torch.tensor([0, 1, 2]))
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
-    assert method.train_sampler_weights() is None
-    assert (create_method("logit_adjust", ctx, natural_sampling=True).train_sampler_weights() == 1).all()
+    assert method.sampling() == "natural"  # the natural prior its derivation assumes (not the oversampler)
+    assert create_method("logit_adjust", ctx, natural_sampling=False).sampling() is None
 
 
 def test_pcgrad_projects_two_conflicting_gradients():

@@ -36,7 +36,9 @@ class DatasetConfig(_Strict):
     val_fraction: float = Field(0.2, gt=0.0, lt=0.9)  # synthetic only: fraction of groups held out
     drop_tasks: list[Literal["va", "expr", "au"]] = Field(default_factory=list)  # hide these labels
     # (e.g. a RAF-DB-like synthetic dataset: drop_tasks [va, au] — no geometry of its own)
-    every_k: int = Field(1, ge=1)        # Aff-Wild2 frame subsampling
+    every_k: int = Field(1, ge=1)        # Aff-Wild2 frame subsampling of the training split
+    val_every_k: int = Field(1, ge=1)    # departure: subsample validation too (the official protocol,
+    # METHODS §3, scores every validation frame: 1)
     crop_faces: bool = False             # AffectNet face-box crop
     cache: bool = False                  # read the decoded uint8 cache instead of JPEGs
     cache_dir: str | None = None
@@ -118,9 +120,17 @@ class TrialConfig(_Strict):
     unfreeze_fraction: float = Field(0.5, ge=0, le=1)  # METHODS §2: upper fraction of blocks unfrozen
     encoder_lr_factor: float = Field(0.1, gt=0)       # METHODS §2: encoder LR = factor × head LR
     ema_decay: float = Field(0.999, ge=0, lt=1)       # METHODS §2
-    bn_recalibration_batches: int = Field(16, ge=0)   # re-estimate BatchNorm statistics of the EMA
-    # weights on this many training batches before evaluating (as SWA does); 0 = off
     oversample: bool = True                           # METHODS §2: inverse class frequency sampling
+    # (a method may choose its own sampler, e.g. logit_adjust's natural prior; result.json: sampling)
+    # --- departures from METHODS, each off by default (README "Departures from METHODS") ----------
+    ema_warmup: bool = False                          # timm's EMA warm-up: decay 1 - (1 + step)^(-2/3),
+    # ~0.97 after a few hundred steps, instead of ema_decay from the first step (short runs)
+    bn_recalibration_batches: int = Field(0, ge=0)    # re-estimate BatchNorm statistics of the EMA
+    # weights on this many training batches before evaluating (as SWA does); METHODS has none: 0
+    frozen_bn_update: bool = False                    # let BatchNorm running statistics of frozen
+    # encoder stages (warm-up, lower stages) keep updating; METHODS: frozen means frozen
+    log_var_weight_decay: float = Field(0.0, ge=0)    # AdamW weight decay on the uncertainty
+    # log-variances s_t (METHODS §2 has none; the heads' weight_decay applied to them before)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     # placement — where and how fast, not what: excluded from trial_id

@@ -3,7 +3,8 @@
 Methods change the objective through the hooks of ``trainers.methods.base.Method``; nothing here
 names a method. Every random stream is a function of (seed, epoch), so a trial resumed from its
 epoch-k checkpoint ends with the same metrics as an uninterrupted run, and every condition sharing a
-seed sees the same data order (``data_order_hash``).
+seed shares its world and random streams (``data_order_hash``; the realized first-epoch order, which
+a method's own sampler may change by design, is ``sample_order_hash``).
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from trainers.data.pipeline import (
     LabelTensors,
     apply_label_noise,
     augment_batch,
+    augmentation_generator,
     epoch_order,
     iterate_batches,
     load_split,
+    matched_seed_hash,
     order_hash,
-    oversampling_weights,
+    sampler_weights,
 )
 from trainers.losses import UncertaintyWeighting
 from trainers.methods import MethodContext, StepState, create_method
@@ -56,6 +59,10 @@ class TrialData:
     val_images: ImageStore
     train_labels: LabelTensors
     val_labels: LabelTensors
+    # the training index as distributed, before injected label noise (METHODS §9): it decides the
+    # sampler, the matched-seed hash and the TRUE circumplex, so noise rates stay matched
+    distributed_index: pd.DataFrame | None = None
+    true_geometry: object = None  # the circumplex of the labels as distributed (None: ctx.geometry)
 
 
 @dataclass
@@ -88,10 +95,18 @@ def _cached_splits(dataset_json: str):
 
 
 def prepare_data(cfg: TrialConfig) -> TrialData:
-    train, val = _cached_splits(cfg.dataset.model_dump_json())
-    train = apply_label_noise(train, cfg.label_noise.rate, cfg.label_noise.seed, cfg.label_space.num_classes)
+    distributed, val = _cached_splits(cfg.dataset.model_dump_json())
+    # flips only to the classes the dataset has (RAF-DB: its 7, METHODS §9)
+    train = apply_label_noise(distributed, cfg.label_noise.rate, cfg.label_noise.seed,
+                              cfg.label_space.scored_classes)
+    true_geometry = None
+    if cfg.label_noise.rate > 0:
+        from trainers.geometry import estimate_geometry
+
+        true_geometry = estimate_geometry(distributed, cfg.label_space)
     ds = cfg.dataset
     return TrialData(
+        distributed_index=distributed, true_geometry=true_geometry,
         train_index=train, val_index=val,
         train_images=ImageStore(train, ds.image_size, ds.cache_dir, ds.cache),
         val_images=ImageStore(val, ds.image_size, ds.cache_dir, ds.cache),
@@ -144,12 +159,13 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
     stages, heads = model.schedule_groups()
     upper = upper_stages(stages, cfg.unfreeze_fraction)
     extra_params = [p for mod in method.main_optimizer_modules() for p in mod.parameters()]
-    head_params = [*heads, *extra_params, *weighting.parameters()]
+    head_params = [*heads, *extra_params]
     optimizer = torch.optim.AdamW([
         {"params": head_params, "lr": cfg.lr},
         {"params": upper, "lr": cfg.lr * cfg.encoder_lr_factor},  # METHODS §2: reduced encoder LR
+        {"params": list(weighting.parameters()), "lr": cfg.lr, "weight_decay": cfg.log_var_weight_decay},
     ], weight_decay=cfg.weight_decay)
-    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
     forward = torch.compile(model) if (cfg.compile and cuda) else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.amp)
 
@@ -169,9 +185,10 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
         train_seconds, images_seen, first_order = state["train_seconds"], state["images_seen"], state["order_hash"]
 
     encoder_params = [p for stage in stages for p in stage]
-    sample_weights = method.train_sampler_weights()
-    if sample_weights is None and cfg.oversample:
-        sample_weights = oversampling_weights(data.train_index["expr"].to_numpy())
+    # the method's sampler, else the recipe's; weights from the labels as distributed (METHODS §9)
+    sampling = method.sampling() or ("inverse_frequency" if cfg.oversample else "natural")
+    sample_weights = sampler_weights(sampling, data.distributed_index["expr"].to_numpy())
+    world_hash = matched_seed_hash(cfg.dataset.name, data.distributed_index, data.val_index, cfg.seed)
     n_train = len(data.train_images)
     steps_per_epoch = max(1, n_train // cfg.batch_size)  # full batches only: BatchNorm cannot take one frame
     if cfg.max_steps_per_epoch:
@@ -191,8 +208,10 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
         if epoch == 1:
             first_order = order_hash(order)
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout etc.: a function of (seed, epoch)
-        aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        aug_gen = augmentation_generator(cfg.seed, epoch)
         model.train()
+        if not cfg.frozen_bn_update:
+            freeze_batchnorm_statistics(model)
         state = StepState(epoch=epoch, step=step, epochs=cfg.epochs)
         sums: dict = {}
         counts: dict[str, int] = {}
@@ -261,14 +280,25 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
     final = evaluation if ran_an_epoch else evaluate(ema.module, method, data, cfg, backbone, device, ctx)
     metrics = {**final.metrics, "epochs": cfg.epochs, "train_seconds": train_seconds,
                "images_per_second": images_seen / train_seconds if train_seconds > 0 else float("nan"),
-               "data_order_hash": first_order, **method.parameter_counts(model)}
+               "data_order_hash": world_hash, "sample_order_hash": first_order, "sampling": sampling,
+               **method.parameter_counts(model)}
     result = {"trial_id": cfg.trial_id, "seed": cfg.seed, "status": "done", **metrics}
     write_json(trial_dir / "result.json", result)
     write_json(trial_dir / "confusion.json", {"class_names": list(cfg.label_space.class_names),
                                               "matrix": final.confusion.tolist()})
-    write_json(trial_dir / "circumplex.json", circumplex_record(ctx, method))
+    write_json(trial_dir / "circumplex.json", circumplex_record(ctx, method, data.true_geometry))
     write_json(trial_dir / "history.json", history)
     return TrialResult(metrics=result, trial_dir=trial_dir, history=history)
+
+
+def freeze_batchnorm_statistics(model: torch.nn.Module) -> None:
+    """Put every BatchNorm whose parameters are all frozen (warm-up, lower stages, Ada-DF's stem) in
+    eval mode, so that its running statistics stay what they were: frozen means frozen."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
 
 
 @dataclass
@@ -364,7 +394,7 @@ def evaluate(model, method, data: TrialData, cfg: TrialConfig, backbone, device,
     else:
         metrics["au_f1"] = float("nan")
     metrics["p_mtl"] = p_mtl(metrics["va_ccc"], metrics["expr_f1"], metrics["au_f1"])
-    true_geometry = true_circumplex(ctx, method, cfg.method.imported_from)
+    true_geometry = true_circumplex(ctx, method, cfg.method.imported_from, data.true_geometry)
     nan = float("nan")
     if true_geometry is not None and em.any():
         cost, centroids = np.asarray(true_geometry["cost"]), np.asarray(true_geometry["centroids"])
@@ -382,12 +412,15 @@ def evaluate(model, method, data: TrialData, cfg: TrialConfig, backbone, device,
     return Evaluation(metrics={k: float(v) for k, v in metrics.items()}, confusion=confusion)
 
 
-def true_circumplex(ctx: MethodContext, method, imported_from: str | None = None) -> dict | None:
-    """The dataset's own circumplex (METHODS §6: always the TRUE one, whatever cost trained);
+def true_circumplex(ctx: MethodContext, method, imported_from: str | None = None,
+                    distributed_geometry=None) -> dict | None:
+    """The dataset's own circumplex (METHODS §6: always the TRUE one, whatever cost trained), from
+    the labels as distributed (``distributed_geometry`` when label noise was injected, METHODS §9);
     for a dataset without VA (RAF-DB) the imported geometry stands in when the trial names one —
     also for its ``cost: none`` condition, so every condition of the sweep is scored alike."""
-    if ctx.geometry is not None:
-        return {"cost": ctx.geometry.cost, "centroids": ctx.geometry.centroids}
+    truth = distributed_geometry if distributed_geometry is not None else ctx.geometry
+    if truth is not None:
+        return {"cost": truth.cost, "centroids": truth.centroids}
     term = getattr(method, "ot", None)
     source = getattr(term, "source_geometry", None) if term is not None else None
     if source is not None:
@@ -401,7 +434,7 @@ def true_circumplex(ctx: MethodContext, method, imported_from: str | None = None
     return None
 
 
-def circumplex_record(ctx: MethodContext, method) -> dict:
+def circumplex_record(ctx: MethodContext, method, true_geometry=None) -> dict:
     from trainers.geometry import circumplex_record as record
 
     if ctx.geometry is None and getattr(method, "ot", None) is None:
@@ -410,7 +443,7 @@ def circumplex_record(ctx: MethodContext, method) -> dict:
     from trainers.geometry import cost_for_variant
 
     choice = method.ot.choice if method.ot is not None else cost_for_variant("none", ctx.geometry, ctx.seed)
-    return record(ctx.geometry, choice)
+    return record(ctx.geometry, choice, true_geometry=true_geometry)
 
 
 def write_json(path: Path, obj) -> None:

@@ -3,7 +3,9 @@
 - ``load_split``: the index of one split (synthetic world split by group; real loaders' splits).
 - ``LabelTensors``: labels as tensors with per-task validity masks (sentinels already NaN/-1).
 - ``ImageStore``: uint8 images by sample index — in memory, decoded from JPEG, or a decoded cache.
-- ``epoch_order``: the seeded sample order of one epoch (inverse-frequency oversampling).
+- ``sampler_weights`` / ``epoch_order``: the seeded sample order of one epoch (natural,
+  inverse-frequency oversampling, or class-balanced), from the labels as distributed.
+- ``matched_seed_hash``: what a seed fixes across the conditions of a sweep (``data_order_hash``).
 - ``augment_batch``: flips, colour jitter and normalisation on a uint8 batch, on any device.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,7 +69,8 @@ def _load_split(ds, split: str) -> pd.DataFrame:
     if ds.name == "affwild2":
         from trainers.data.affwild2 import load_affwild2
 
-        return load_affwild2(root, split, every_k=ds.every_k)
+        # the official protocol scores every validation frame: every_k subsamples training only
+        return load_affwild2(root, split, every_k=ds.every_k if split == "train" else ds.val_every_k)
     if ds.name == "affectnet":
         from trainers.data.affectnet import load_affectnet
 
@@ -78,19 +82,26 @@ def _load_split(ds, split: str) -> pd.DataFrame:
     raise ValueError(f"dataset.name: unknown dataset {ds.name!r}")
 
 
-def apply_label_noise(index: pd.DataFrame, rate: float, seed: int, num_classes: int) -> pd.DataFrame:
-    """Flip exactly round(rate · N_expr) EXPR labels, each uniformly to another class, from its own seed
-    (the protocol of the fusion and Ada-DF papers). Adds a boolean ``noisy`` column."""
+def apply_label_noise(index: pd.DataFrame, rate: float, seed: int, classes: int | Sequence[int]) -> pd.DataFrame:
+    """Flip exactly round(rate · N_expr) EXPR labels, each uniformly to another of ``classes`` (K, or
+    the classes the dataset has: RAF-DB's 7, never AffectNet's Contempt — METHODS §9), from its own
+    seed (the protocol of the fusion and Ada-DF papers). Adds a boolean ``noisy`` column."""
     out = index.copy()
     out["noisy"] = False
     if rate <= 0:
         return out
-    valid = np.flatnonzero(out["expr"].to_numpy() >= 0)
+    present = np.arange(classes) if isinstance(classes, int | np.integer) else np.asarray(sorted(classes))
+    expr = out["expr"].to_numpy()
+    valid = np.flatnonzero(expr >= 0)
+    position = np.full(int(max(present.max(), expr.max())) + 1, -1)
+    position[present] = np.arange(len(present))
+    if (position[expr[valid]] < 0).any():
+        absent = sorted(set(expr[valid].tolist()) - set(present.tolist()))
+        raise ValueError(f"label noise: labels {absent} are not among the dataset's classes {present.tolist()}")
     rng = np.random.default_rng(seed)
     flip = rng.choice(valid, size=int(round(rate * len(valid))), replace=False)
-    old = out["expr"].to_numpy()[flip]
-    shift = rng.integers(1, num_classes, size=len(flip))  # never 0: always another class
-    out.loc[flip, "expr"] = (old + shift) % num_classes
+    shift = rng.integers(1, len(present), size=len(flip))  # never 0: always another present class
+    out.loc[flip, "expr"] = present[(position[expr[flip]] + shift) % len(present)]
     out.loc[flip, "noisy"] = True
     return out
 
@@ -173,6 +184,9 @@ def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
     return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+SAMPLING = ("inverse_frequency", "natural", "class_balanced")
+
+
 def oversampling_weights(expr: np.ndarray) -> np.ndarray:
     """Inverse class frequency for EXPR-labelled frames, each class totalling N_expr/K_present;
     frames without an EXPR label keep weight 1 (METHODS §2: rare expressions oversampled)."""
@@ -186,10 +200,44 @@ def oversampling_weights(expr: np.ndarray) -> np.ndarray:
     return w
 
 
+def class_balanced_weights(expr: np.ndarray) -> np.ndarray:
+    """EXPR-labelled frames only, each present class totalling 1: every class the same expected
+    share of a batch (GReFEL's data refinement, METHODS §11); unlabelled frames are never drawn."""
+    expr = np.asarray(expr)
+    valid = expr >= 0
+    w = np.zeros(len(expr), dtype=np.float64)
+    if valid.any():
+        counts = np.bincount(expr[valid])
+        w[valid] = 1.0 / counts[expr[valid]]
+    return w
+
+
+def sampler_weights(sampling: str, expr: np.ndarray) -> np.ndarray | None:
+    """Per-frame sampling weights of a ``sampling`` rule from the EXPR labels *as distributed*
+    (before injected noise, METHODS §9); None = natural sampling (a permutation per epoch)."""
+    if sampling == "natural":
+        return None
+    if sampling == "inverse_frequency":
+        return oversampling_weights(np.asarray(expr))
+    if sampling == "class_balanced":
+        return class_balanced_weights(np.asarray(expr))
+    raise ValueError(f"unknown sampling {sampling!r} (choose from {', '.join(SAMPLING)})")
+
+
+def order_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The data-order stream of (seed, epoch)."""
+    return np.random.default_rng([seed, epoch, 0xDA7A])
+
+
+def augmentation_generator(seed: int, epoch: int) -> torch.Generator:
+    """The augmentation stream of (seed, epoch) (flips, jitter; drawn on the CPU)."""
+    return torch.Generator().manual_seed(seed * 7919 + epoch)
+
+
 def epoch_order(n: int, seed: int, epoch: int, weights: np.ndarray | None) -> np.ndarray:
     """The sample order of one epoch, a pure function of (seed, epoch, weights): the same seed gives
-    the same data order in every condition (matched seeds, METHODS §7)."""
-    rng = np.random.default_rng([seed, epoch, 0xDA7A])
+    the same data order in every condition that samples alike (matched seeds, METHODS §7)."""
+    rng = order_rng(seed, epoch)
     if weights is None:
         return rng.permutation(n)
     p = weights / weights.sum()
@@ -197,7 +245,47 @@ def epoch_order(n: int, seed: int, epoch: int, weights: np.ndarray | None) -> np
 
 
 def order_hash(order: np.ndarray) -> str:
+    """Hash of a realized sample order (result.json's ``sample_order_hash`` for epoch 1)."""
     return hashlib.sha256(np.asarray(order, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+WORLD_COLUMNS = ("group", "frame", "valence", "arousal", "expr", *AU_NAMES)
+
+
+def _index_fingerprint(h, index: pd.DataFrame) -> None:
+    """Feed the identity of a split into ``h``: its size, frames (group, frame) and labels as
+    distributed. Image paths are left out (a root is placement); so is resolution."""
+    h.update(f"n={len(index)}".encode())
+    for col in WORLD_COLUMNS:
+        if col not in index.columns:
+            continue
+        values = index[col]
+        if pd.api.types.is_numeric_dtype(values):
+            arr = np.nan_to_num(values.to_numpy(np.float64), nan=-1e300)  # one NaN spelling
+            h.update(col.encode() + arr.tobytes())
+        else:
+            h.update(col.encode() + "\x1f".join(map(str, values.tolist())).encode())
+
+
+def matched_seed_hash(dataset: str, train: pd.DataFrame, val: pd.DataFrame, seed: int) -> str:
+    """What one seed fixes for every condition of a sweep (result.json's ``data_order_hash``).
+
+    The world — dataset name, the train and validation splits (which frames, how many, their labels
+    as distributed: injected label noise is part of the experiment, METHODS §9) — and the seed's
+    random streams (initialisation, data order, augmentation), fingerprinted by their first draws.
+    Two trials with the same seed and hash saw the same data under the same streams; a condition's
+    own sampler (natural sampling) or its noise rate does not change it, another world, split or n
+    does. The realized first-epoch order is recorded separately (``sample_order_hash``).
+    """
+    h = hashlib.sha256(f"world={dataset};".encode())
+    for name, index in (("train", train), ("val", val)):
+        h.update(f"{name}:".encode())
+        _index_fingerprint(h, index)
+    h.update(f"seed={seed};".encode())
+    h.update(order_rng(seed, 1).integers(0, 2**62, 4).tobytes())
+    h.update(torch.rand(4, generator=augmentation_generator(seed, 1)).numpy().tobytes())
+    h.update(torch.rand(4, generator=torch.Generator().manual_seed(seed)).numpy().tobytes())  # init stream
+    return h.hexdigest()[:16]
 
 
 def augment_batch(images: torch.Tensor, mean, std, generator: torch.Generator | None,

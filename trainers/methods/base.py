@@ -182,8 +182,10 @@ class Method:
         ``self.ctx.train_index`` holds the labels. Returns metrics to log."""
         return {}
 
-    def train_sampler_weights(self) -> np.ndarray | None:
-        """Per-sample weights for the training sampler; None keeps the default oversampling."""
+    def sampling(self) -> str | None:
+        """The training sampler this method's paper assumes: "natural", "inverse_frequency" or
+        "class_balanced" (``trainers.data.pipeline.sampler_weights``, computed from the labels as
+        distributed); None keeps the recipe's (``TrialConfig.oversample``). Recorded in result.json."""
         return None
 
     # --- inference ---------------------------------------------------------------------------

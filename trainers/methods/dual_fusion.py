@@ -25,10 +25,12 @@ Choices this file makes (METHODS §9 leaves them open):
   the class keeps all its frames. The covariance of the kept frames is the population one
   (ddof 0) plus 1e-6·I so that a degenerate class still has a density.
 - *Prior* ``π_k = N_k / N`` over all EXPR-labelled training frames (not only those with VA).
-- *Sampling.* The paper trains on the natural class distribution with ``W_k`` as its imbalance
-  correction; the shared sampler oversamples rare classes too, so by default the correction is
-  applied twice (kept: the data order then matches every other condition of the same seed, METHODS
-  §7). ``natural_sampling: true`` draws frames uniformly, as the paper does.
+- *Sampling: natural (the paper's and METHODS §9's).* The paper trains on the natural class
+  distribution with ``W_k = N_max/N_k`` as its one imbalance correction; on top of the shared
+  inverse-frequency oversampler W_k would compensate twice. So by default (``natural_sampling:
+  true``) frames are drawn without class weights; ``natural_sampling: false`` uses the shared
+  oversampler as well. The matched-seed hash does not depend on the sampler, so the method stays
+  paired with the other conditions of its seed.
 
 The statistics and the mixed label of every training frame depend on the labels only, so they are
 computed once (on the split *after* label noise, as the paper's noisy-label protocol does) and kept
@@ -165,7 +167,7 @@ def fused_labels(onehot: torch.Tensor, mixed: torch.Tensor, alpha: float) -> tor
 class DualFusion(Method):
     """Fused one-hot/VA-mixed labels with the paper's weighted CE + cosine + VA L2 (METHODS §9)."""
 
-    defaults = dict(mixed="euclidean", alpha=0.5, squared=False, va_l2=1.0, natural_sampling=False)
+    defaults = dict(mixed="euclidean", alpha=0.5, squared=False, va_l2=1.0, natural_sampling=True)
 
     def __init__(self, ctx, **kwargs) -> None:
         super().__init__(ctx, **kwargs)
@@ -212,5 +214,5 @@ class DualFusion(Method):
             loss = loss + self.options["va_l2"] * (w_va * sq * vm).sum() / vm.sum().clamp(min=1)
         return loss
 
-    def train_sampler_weights(self):
-        return np.ones(len(self.ctx.train_index)) if self.options["natural_sampling"] else None
+    def sampling(self):
+        return "natural" if self.options["natural_sampling"] else None

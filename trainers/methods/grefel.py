@@ -25,7 +25,8 @@ Choices this file makes:
 - *Anchors* are initialised N(0, 1); the reliability module lives inside the model, so the evaluated
   EMA weights include it.
 - *Data refinement.* ``balanced: true`` samples EXPR-labelled frames only, each class with the same
-  expected share (B per class per batch in expectation); the default keeps the shared sampler,
+  expected share (B per class per batch in expectation; ``sampling`` "class_balanced" in
+  result.json); the default keeps the shared sampler,
   which already gives the EXPR-labelled frames equal class shares but also draws frames without an
   EXPR label (they train VA/AU).
 """
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -185,11 +185,5 @@ class GReFEL(Method):
         """``L_final`` (Eq. 19); the prediction is its argmax."""
         return out["expr_final"].float()
 
-    def train_sampler_weights(self):
-        if not self.options["balanced"]:
-            return None
-        expr = self.ctx.train_index["expr"].to_numpy()
-        counts = np.bincount(expr[expr >= 0], minlength=self.ctx.num_classes)
-        w = np.zeros(len(expr))
-        w[expr >= 0] = 1.0 / counts[expr[expr >= 0]]  # each class totals 1: equal expected share
-        return w
+    def sampling(self):
+        return "class_balanced" if self.options["balanced"] else None

@@ -10,9 +10,12 @@
   labelled units (the AU mask), in place of the weighted BCE.
 - ``logit_adjust``: the logit-adjusted loss (Menon et al. 2021), ``CE(z + τ log π, y)`` with τ = 1 and
   π the training class frequencies; training-time only — prediction is ``argmax z``, which is the
-  balanced-error decision rule the adjustment targets. Note that the shared sampler already
-  oversamples rare classes; ``natural_sampling: true`` draws frames uniformly instead, the setting
-  the method's derivation assumes (default false: the pipeline is identical across conditions).
+  balanced-error decision rule the adjustment targets. *Sampling: natural.* The adjustment's
+  derivation assumes the training distribution follows the natural prior π; fed the shared
+  inverse-frequency oversampler, it would correct for an imbalance the sampler already removed
+  (a strawman). So by default (``natural_sampling: true``) frames are drawn without class weights;
+  ``natural_sampling: false`` restores the shared oversampler. The matched-seed hash does not
+  depend on the sampler, so the method stays paired with the other conditions of its seed.
 - ``pcgrad``: gradient surgery (Yu et al. 2020) across the uncertainty-weighted task losses on the
   shared encoder parameters: each task gradient is projected off every other task gradient it
   conflicts with (negative dot product), in random order, and the projected gradients are summed
@@ -127,7 +130,7 @@ def logit_adjusted_loss(logits: torch.Tensor, target: torch.Tensor, log_prior: t
 class LogitAdjust(Method):
     """``CE(z_k + τ log π_k)`` at training, τ = 1, π the training class frequencies (METHODS §8)."""
 
-    defaults = dict(tau=1.0, natural_sampling=False)
+    defaults = dict(tau=1.0, natural_sampling=True)
 
     def __init__(self, ctx, **kwargs) -> None:
         super().__init__(ctx, **kwargs)
@@ -141,8 +144,8 @@ class LogitAdjust(Method):
             self.log_prior = self.log_prior.to(out["expr"].device)
         return logit_adjusted_loss(out["expr"], batch["expr"], self.log_prior, float(self.options["tau"]), mask)
 
-    def train_sampler_weights(self):
-        return np.ones(len(self.ctx.train_index)) if self.options["natural_sampling"] else None
+    def sampling(self):
+        return "natural" if self.options["natural_sampling"] else None
 
 
 # --- PCGrad ----------------------------------------------------------------------------------------
