@@ -7,6 +7,8 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from trainers.data.registry import real_datasets
+
     p = argparse.ArgumentParser(prog="affsweep", description="Controlled multi-seed affect-recognition studies.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -42,13 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", default="synthetic_preview.png")
     cache = dsub.add_parser("cache", help="decode and resize a dataset once into a uint8 memory-map")
     cache.add_argument("root")
-    cache.add_argument("--dataset", required=True, choices=["affwild2", "affectnet", "rafdb"])
+    cache.add_argument("--dataset", required=True, choices=real_datasets())
     cache.add_argument("--image-size", type=int, default=112)
     cache.add_argument("--cache-dir", default="~/.cache/affsweep")
     cache.add_argument("--split", default="all", choices=["train", "val", "all"])
     check = dsub.add_parser("check", help="counts, validity, unreadable images, split overlap")
     check.add_argument("root")
-    check.add_argument("--dataset", required=True, choices=["affwild2", "affectnet", "rafdb"])
+    check.add_argument("--dataset", required=True, choices=real_datasets())
 
     bench = sub.add_parser("bench", help="trainer throughput against a model-only loop")
     bench.add_argument("args", nargs=argparse.REMAINDER)

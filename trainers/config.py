@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 
 
 class DatasetConfig(_Strict):
-    name: Literal["synthetic", "affwild2", "affectnet", "rafdb"] = "synthetic"
+    name: str = "synthetic"              # a name in trainers.data.registry.DATASETS
     preset: str = "affwild2_like"        # synthetic only
     n: int = Field(3000, ge=50)          # synthetic only: frames drawn
     seed: int = 0                        # synthetic only: the world is the same for every trial seed
@@ -40,6 +40,15 @@ class DatasetConfig(_Strict):
     crop_faces: bool = False             # AffectNet face-box crop
     cache: bool = False                  # read the decoded uint8 cache instead of JPEGs
     cache_dir: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from trainers.data.registry import DATASETS
+
+        if name not in DATASETS:
+            raise ValueError(_unknown("name", name, DATASETS, what="dataset"))
+        return name
 
 
 class BackboneConfig(_Strict):
@@ -91,11 +100,19 @@ class MethodConfig(BaseModel):
     def _known_options(self) -> MethodConfig:
         from trainers.methods import METHODS
 
-        allowed = METHODS[self.name].defaults
+        method = METHODS[self.name]
+        allowed = method.defaults
         for key in self.options:
             if key not in allowed:
                 # "@key:" lets describe_validation_error put the option into the key path
                 raise ValueError(f"@{key}:" + _unknown(key, key, allowed, what=f"option of method {self.name!r}:"))
+        try:  # the method's own typed options (ranges, choices); the values stay as written (trial_id)
+            method.Options.model_validate(self.options)
+        except ValidationError as e:
+            from trainers.methods.base import option_error
+
+            key, reason = option_error(e)
+            raise ValueError(f"@{key}:{reason}") from None
         if self.cost is None:  # resolve so that trial_id names the cost actually used
             self.__dict__["cost"] = METHODS[self.name].default_cost
         return self
@@ -149,9 +166,12 @@ class TrialConfig(_Strict):
 
     @property
     def label_space(self):
-        if self.dataset.name == "synthetic":
+        from trainers.data.registry import DATASETS
+
+        space = DATASETS[self.dataset.name].label_space
+        if space is None:  # synthetic: the preset's
             return LABEL_SPACES["affectnet" if self.dataset.preset == "affectnet_like" else "affwild2"]
-        return LABEL_SPACES[self.dataset.name]
+        return space
 
 
 class ConfigError(ValueError):
