@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"  # of the checkout
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as ONE line (like every other configuration error), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from trainers.data.registry import real_datasets
 
-    p = argparse.ArgumentParser(prog="affsweep", description="Controlled multi-seed affect-recognition studies.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="affsweep", description="Controlled multi-seed affect-recognition studies.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a sweep YAML with Ray Tune")
     run.add_argument("sweep", help="sweep YAML")
@@ -34,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--storage", default=None)
 
     data = sub.add_parser("data", help="dataset utilities")
-    dsub = data.add_subparsers(dest="data_command", required=True)
+    dsub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     synth = dsub.add_parser("synth", help="draw the synthetic world and save a preview / index")
     synth.add_argument("--preset", default="affwild2_like")
     synth.add_argument("--n", type=int, default=64)
@@ -84,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         import runpy
 
+        if not BENCHMARK.is_file():
+            print(f"error: affsweep bench: {BENCHMARK} not found (the benchmarks ship with the repository "
+                  f"checkout, not with an installed package)", file=sys.stderr)
+            return 2
         sys.argv = ["throughput", *args.args]
-        runpy.run_path("benchmarks/throughput.py", run_name="__main__")
+        runpy.run_path(str(BENCHMARK), run_name="__main__")
         return 0
     return 2
 

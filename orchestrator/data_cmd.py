@@ -12,6 +12,10 @@ def main(args) -> int:
     if args.data_command == "check":
         from trainers.data.check import check_dataset
 
+        root = Path(args.root).expanduser()
+        if not root.is_dir():  # a wrong argument, not a finding about the data
+            print(f"error: affsweep data check: {root.resolve()}: folder not found", file=sys.stderr)
+            return 2
         report = check_dataset(args.root, args.dataset)
         print(report.format())
         return 0 if report.ok else 1

@@ -234,15 +234,30 @@ def yaml_key_lines(text: str) -> dict[str, int]:
 def read_yaml_mapping(path: Path, what: str) -> tuple[dict, str]:
     """(parsed mapping, text) of a YAML file; ConfigError naming the file (and line) otherwise."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        line = raw[:nul].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not a text file (a NUL byte at offset {nul}); expected YAML")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                          f"save the YAML as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        if isinstance(e, yaml.reader.ReaderError):  # a control character
+            line = f":{text[:e.position].count(chr(10)) + 1}"  # ReaderError has no problem_mark
+            raise ConfigError(f"{path}{line}: not valid YAML text (control character #x{e.character:02x} "
+                              f"at offset {e.position})") from None
+        why = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{path}{line}: not valid YAML ({why})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

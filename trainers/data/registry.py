@@ -31,6 +31,7 @@ class Dataset:
     layout: str = ""                        # the expected layout, for messages
     group: str = "images"                   # what the ``group`` column counts ("videos" / "images")
     aliases: tuple[str, ...] = ()
+    drops_missing_images: bool = False      # the loader skips annotated frames without an image (ABAW)
     note: Callable[[dict], str | None] = lambda report: None  # one line from the loader's load report
 
     @property
@@ -111,7 +112,7 @@ register_dataset(Dataset(
     layout="ROOT/cropped_aligned/<video>/<NNNNN>.jpg and the ABAW annotations: per-task "
            "ROOT/[annotations/]{VA_Estimation,EXPR_Recognition,AU_Detection}_Challenge/{Train,Validation}_Set/"
            "<video>.txt or MTL ROOT/[annotations/][MTL_Challenge/]{training,validation}_set_annotations.txt",
-    group="videos", aliases=("aff-wild2", "aff_wild2"), note=_affwild2_note))
+    group="videos", aliases=("aff-wild2", "aff_wild2"), drops_missing_images=True, note=_affwild2_note))
 register_dataset(Dataset(
     "affectnet", AFFECTNET, ("train", "val"), load=_affectnet,
     load_checked=lambda root, split: _affectnet(root, split, check_images=False),

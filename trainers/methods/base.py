@@ -127,6 +127,7 @@ class Method:
     Options: ClassVar[type[MethodOptions]] = MethodOptions  # the method's own options (override)
     defaults: ClassVar[dict[str, Any]] = {}                 # derived from Options by register_method
     default_cost: ClassVar[str] = "none"
+    needs_labels: ClassVar[tuple[str, ...]] = ()  # tasks ("va", "au") the training split must annotate
     # names of modules in ``self.modules`` used only for training (dropped at inference, METHODS §10/§12)
     train_only: ClassVar[tuple[str, ...]] = ()
 

@@ -164,6 +164,7 @@ class CAF(Method):
         adv_weight: float = Field(1.0, ge=0.0)
         gamma: float = Field(2.0, ge=0.0)         # focal γ of the EXPR loss
     train_only = ("critic",)
+    needs_labels = ("va",)
 
     def __init__(self, ctx, **kwargs) -> None:
         super().__init__(ctx, **kwargs)

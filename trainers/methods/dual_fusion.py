@@ -174,6 +174,8 @@ class DualFusion(Method):
         va_l2: float = Field(1.0, ge=0.0)                 # weight of the VA L2 term (Eq. 9)
         natural_sampling: bool = False                    # uniform frames, as the paper
 
+    needs_labels = ("va",)
+
     def __init__(self, ctx, **kwargs) -> None:
         super().__init__(ctx, **kwargs)
         o = self.options
