@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -250,15 +251,22 @@ def _read_checkpoint_header(file: str) -> None:
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if "Unsupported global" in str(e):
             return  # a full pickle (e.g. training args saved beside the weights): the key check reads it
-        raise Problem("backbone.pretrained", f"{file} is not a readable checkpoint (corrupt or truncated? "
-                                             f"{type(e).__name__}: {e})") from None
+        raise Problem("backbone.pretrained", f"{file} is corrupt or not a checkpoint ({_short(e)})") from None
     except Exception as e:  # noqa: BLE001 -- zip/EOF/runtime errors all mean the file cannot be read
-        raise Problem("backbone.pretrained", f"{file} is not a readable checkpoint (corrupt or truncated? "
-                                             f"{type(e).__name__}: {e})") from None
+        raise Problem("backbone.pretrained", f"{file} is corrupt or not a checkpoint ({_short(e)})") from None
     if not isinstance(obj, dict):
         raise Problem("backbone.pretrained", f"{file} holds a {type(obj).__name__}, not a state dict")
+
+
+def _short(e: Exception) -> str:
+    """The telling line of a (often many-line) torch/pickle error."""
+    text = str(e)
+    if "error:" in text:  # torch's weights_only message: the reason follows its "WeightsUnpickler error:"
+        text = text.split("error:", 1)[1]
+    line = next((x.strip() for x in text.splitlines() if x.strip()), "")
+    return f"{type(e).__name__}: {line[:160]}"
 
 
 def _fits_architecture(cfg: TrialConfig, file: str) -> None:
@@ -269,7 +277,8 @@ def _fits_architecture(cfg: TrialConfig, file: str) -> None:
     from trainers.models import WeightsError, create_backbone
 
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "copying ... to a meta parameter is a no-op": the point here
             create_backbone(cfg.backbone.name, file, **backbone_kwargs(cfg))
     except WeightsError as e:
         raise Problem("backbone.pretrained", str(e).removeprefix("backbone.pretrained: ")) from None
