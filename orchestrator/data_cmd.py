@@ -62,7 +62,11 @@ def _cache(args) -> int:
     ds = DatasetConfig(name=args.dataset, root=args.root, image_size=args.image_size)
     splits = ["train", "val"] if args.split == "all" else [args.split]
     for split in splits:
-        index = load_split(ds, split)
+        try:
+            index = load_split(ds, split)
+        except (FileNotFoundError, ValueError) as e:  # DataFormatError names file:line
+            print(f"error: affsweep data cache: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
         path = build_cache(index, args.image_size, str(Path(args.cache_dir).expanduser()), progress=True)
         print(f"{args.dataset} {split}: {len(index)} images cached at {path}")
     return 0

@@ -220,6 +220,8 @@ CASES = [
          ("/missing/affectnet", "folder not found")),
     Case("data_check_unknown_dataset", ["data", "check", "/tmp", "--dataset", "affectnt"], None,
          ("--dataset", "invalid choice", "'affectnet'")),
+    Case("data_cache_missing_root", ["data", "cache", "/missing/raf", "--dataset", "rafdb"], None,
+         ("/missing/raf/EmoLabel/list_patition_label.txt", "not found")),
     Case("usage_unknown_flag", ["run", "{file}", "--dry-rn"], sweep(SYN), ("unrecognized arguments", "--dry-rn")),
 ]
 
