@@ -75,7 +75,9 @@ def check_trial(cfg: TrialConfig, path: str | os.PathLike) -> None:
 
 def _check_config(cfg: TrialConfig, memo: dict) -> None:
     ds = cfg.dataset
-    labels = _once(memo, ("dataset", _key(ds.model_dump(exclude={"seed", "n", "separability", "val_fraction"}))),
+    # what the check reads: not the synthetic draw's size/seed, nor the image size or cache of a real dataset
+    labels = _once(memo, ("dataset", _key(ds.model_dump(include={"name", "preset", "root", "every_k", "crop_faces",
+                                                                   "drop_tasks"}))),
                    lambda: _check_dataset(ds))
     _once(memo, ("backbone", _key(cfg.backbone.model_dump()), ds.image_size), lambda: _check_backbone(cfg))
     m = cfg.method

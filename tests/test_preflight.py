@@ -335,3 +335,19 @@ def test_each_distinct_dataset_is_checked_once(tmp_path, monkeypatch):
     assert len(plan.trials) == 6
     preflight.check_sweep(plan)
     assert calls == ["train", "val"]
+
+
+def test_backbone_kwargs_follow_the_architectures_own_data():
+    """A fixed-input-size architecture (timm's pretrained_cfg) is built at the dataset's image size;
+    registered names answer for the timm architecture they build."""
+    from trainers.config import TrialConfig
+    from trainers.engine import backbone_kwargs
+
+    def kwargs(name):
+        return backbone_kwargs(TrialConfig.model_validate({"backbone": {"name": name}, "dataset": {"image_size": 48}}))
+
+    assert kwargs("test_vit") == {"img_size": 48}
+    assert kwargs("fsfm_vit_b16") == {"img_size": 48}
+    assert kwargs("siglip2_vit_b16") == {"img_size": 48}
+    assert kwargs("test_resnet") == {}
+    assert kwargs("resnet18") == {}

@@ -72,7 +72,9 @@ class MethodConfig(BaseModel):
     """The EXPR-side method and the circumplex-cost OT term shared by every method.
 
     Method-specific options (e.g. Ada-DF's ``threshold``) are extra keys, checked against the
-    registered method's ``defaults`` so a typo is an error, not a silently ignored option.
+    registered method's ``Options`` model (names, types, ranges, choices), so a typo or a bad value is
+    an error, not a silently ignored option or a failure inside a worker. The values are kept as
+    written (they enter ``trial_id``); the method validates them with the same model.
     """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
