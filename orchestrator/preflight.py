@@ -180,8 +180,9 @@ def _check_dataset(ds) -> tuple[bool, bool]:
                 index = entry.load(root, name, ds, check_images=entry.drops_missing_images)
             except DataFormatError as e:
                 raise Problem("dataset.root", str(e)) from None
-            except (FileNotFoundError, ValueError) as e:
-                raise Problem("dataset.root", f"{e} (expected {entry.layout})") from None
+            except (FileNotFoundError, ValueError) as e:  # the loaders' own messages may name the layout
+                layout = "" if "(expected" in str(e) else f" (expected {entry.layout})"
+                raise Problem("dataset.root", f"{e}{layout}") from None
             if len(index) == 0:
                 raise Problem("dataset.root", f"{root}: the {name} split has no examples")
             paths = index["path"].astype(str).tolist()
