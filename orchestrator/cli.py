@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"  # of the checkout
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as ONE line (like every other configuration error), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="affsweep", description="Controlled multi-seed affect-recognition studies.")
-    sub = p.add_subparsers(dest="command", required=True)
+    from trainers.data.registry import real_datasets
+
+    p = _Parser(prog="affsweep", description="Controlled multi-seed affect-recognition studies.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a sweep YAML with Ray Tune")
     run.add_argument("sweep", help="sweep YAML")
@@ -32,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--storage", default=None)
 
     data = sub.add_parser("data", help="dataset utilities")
-    dsub = data.add_subparsers(dest="data_command", required=True)
+    dsub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     synth = dsub.add_parser("synth", help="draw the synthetic world and save a preview / index")
     synth.add_argument("--preset", default="affwild2_like")
     synth.add_argument("--n", type=int, default=64)
@@ -42,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", default="synthetic_preview.png")
     cache = dsub.add_parser("cache", help="decode and resize a dataset once into a uint8 memory-map")
     cache.add_argument("root")
-    cache.add_argument("--dataset", required=True, choices=["affwild2", "affectnet", "rafdb"])
+    cache.add_argument("--dataset", required=True, choices=real_datasets())
     cache.add_argument("--image-size", type=int, default=112)
     cache.add_argument("--cache-dir", default="~/.cache/affsweep")
     cache.add_argument("--split", default="all", choices=["train", "val", "all"])
     check = dsub.add_parser("check", help="counts, validity, unreadable images, split overlap")
     check.add_argument("root")
-    check.add_argument("--dataset", required=True, choices=["affwild2", "affectnet", "rafdb"])
+    check.add_argument("--dataset", required=True, choices=real_datasets())
 
     bench = sub.add_parser("bench", help="trainer throughput against a model-only loop")
     bench.add_argument("args", nargs=argparse.REMAINDER)
@@ -82,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         import runpy
 
+        if not BENCHMARK.is_file():
+            print(f"error: affsweep bench: {BENCHMARK} not found (the benchmarks ship with the repository "
+                  f"checkout, not with an installed package)", file=sys.stderr)
+            return 2
         sys.argv = ["throughput", *args.args]
-        runpy.run_path("benchmarks/throughput.py", run_name="__main__")
+        runpy.run_path(str(BENCHMARK), run_name="__main__")
         return 0
     return 2
 

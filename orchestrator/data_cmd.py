@@ -12,6 +12,10 @@ def main(args) -> int:
     if args.data_command == "check":
         from trainers.data.check import check_dataset
 
+        root = Path(args.root).expanduser()
+        if not root.is_dir():  # a wrong argument, not a finding about the data
+            print(f"error: affsweep data check: {root.resolve()}: folder not found", file=sys.stderr)
+            return 2
         report = check_dataset(args.root, args.dataset)
         print(report.format())
         return 0 if report.ok else 1
@@ -58,7 +62,11 @@ def _cache(args) -> int:
     ds = DatasetConfig(name=args.dataset, root=args.root, image_size=args.image_size)
     splits = ["train", "val"] if args.split == "all" else [args.split]
     for split in splits:
-        index = load_split(ds, split)
+        try:
+            index = load_split(ds, split)
+        except (FileNotFoundError, ValueError) as e:  # DataFormatError names file:line
+            print(f"error: affsweep data cache: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
         path = build_cache(index, args.image_size, str(Path(args.cache_dir).expanduser()), progress=True)
         print(f"{args.dataset} {split}: {len(index)} images cached at {path}")
     return 0

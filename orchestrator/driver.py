@@ -33,6 +33,7 @@ from pathlib import Path
 from orchestrator import results as record
 from orchestrator import tracking
 from orchestrator.expand import SweepPlan, Trial, format_dry_run, load_sweep
+from orchestrator.preflight import check_sweep
 from orchestrator.spec import ConfigError
 
 __all__ = ["SweepOutcome", "main", "run_sweep"]
@@ -59,6 +60,7 @@ class SweepOutcome:
 def main(args) -> int:
     try:
         plan = load_sweep(args.sweep)
+        check_sweep(plan)  # datasets, backbones, weights, costs: before anything is started or created
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from orchestrator.preflight import check_trial
 from trainers.config import ConfigError, load_trial_config
 
 
 def main(args) -> int:
     try:
         cfg = load_trial_config(args.config)
+        check_trial(cfg, args.config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

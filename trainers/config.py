@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 
 
 class DatasetConfig(_Strict):
-    name: Literal["synthetic", "affwild2", "affectnet", "rafdb"] = "synthetic"
+    name: str = "synthetic"              # a name in trainers.data.registry.DATASETS
     preset: str = "affwild2_like"        # synthetic only
     n: int = Field(3000, ge=50)          # synthetic only: frames drawn
     seed: int = 0                        # synthetic only: the world is the same for every trial seed
@@ -42,6 +42,15 @@ class DatasetConfig(_Strict):
     crop_faces: bool = False             # AffectNet face-box crop
     cache: bool = False                  # read the decoded uint8 cache instead of JPEGs
     cache_dir: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from trainers.data.registry import DATASETS
+
+        if name not in DATASETS:
+            raise ValueError(_unknown("name", name, DATASETS, what="dataset"))
+        return name
 
 
 class BackboneConfig(_Strict):
@@ -65,7 +74,9 @@ class MethodConfig(BaseModel):
     """The EXPR-side method and the circumplex-cost OT term shared by every method.
 
     Method-specific options (e.g. Ada-DF's ``threshold``) are extra keys, checked against the
-    registered method's ``defaults`` so a typo is an error, not a silently ignored option.
+    registered method's ``Options`` model (names, types, ranges, choices), so a typo or a bad value is
+    an error, not a silently ignored option or a failure inside a worker. The values are kept as
+    written (they enter ``trial_id``); the method validates them with the same model.
     """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
@@ -93,11 +104,19 @@ class MethodConfig(BaseModel):
     def _known_options(self) -> MethodConfig:
         from trainers.methods import METHODS
 
-        allowed = METHODS[self.name].defaults
+        method = METHODS[self.name]
+        allowed = method.defaults
         for key in self.options:
             if key not in allowed:
                 # "@key:" lets describe_validation_error put the option into the key path
                 raise ValueError(f"@{key}:" + _unknown(key, key, allowed, what=f"option of method {self.name!r}:"))
+        try:  # the method's own typed options (ranges, choices); the values stay as written (trial_id)
+            method.Options.model_validate(self.options)
+        except ValidationError as e:
+            from trainers.methods.base import option_error
+
+            key, reason = option_error(e)
+            raise ValueError(f"@{key}:{reason}") from None
         if self.cost is None:  # resolve so that trial_id names the cost actually used
             self.__dict__["cost"] = METHODS[self.name].default_cost
         return self
@@ -159,9 +178,12 @@ class TrialConfig(_Strict):
 
     @property
     def label_space(self):
-        if self.dataset.name == "synthetic":
+        from trainers.data.registry import DATASETS
+
+        space = DATASETS[self.dataset.name].label_space
+        if space is None:  # synthetic: the preset's
             return LABEL_SPACES["affectnet" if self.dataset.preset == "affectnet_like" else "affwild2"]
-        return LABEL_SPACES[self.dataset.name]
+        return space
 
 
 class ConfigError(ValueError):
@@ -224,15 +246,30 @@ def yaml_key_lines(text: str) -> dict[str, int]:
 def read_yaml_mapping(path: Path, what: str) -> tuple[dict, str]:
     """(parsed mapping, text) of a YAML file; ConfigError naming the file (and line) otherwise."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        line = raw[:nul].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not a text file (a NUL byte at offset {nul}); expected YAML")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                          f"save the YAML as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        if isinstance(e, yaml.reader.ReaderError):  # a control character
+            line = f":{text[:e.position].count(chr(10)) + 1}"  # ReaderError has no problem_mark
+            raise ConfigError(f"{path}{line}: not valid YAML text (control character #x{e.character:02x} "
+                              f"at offset {e.position})") from None
+        why = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{path}{line}: not valid YAML ({why})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -41,7 +41,7 @@ from trainers.data.pipeline import (
 from trainers.losses import UncertaintyWeighting
 from trainers.methods import MethodContext, StepState, create_method
 from trainers.metrics import au_f1_per_unit, ccc, confusion_matrix, expr_f1, p_mtl, per_class_f1
-from trainers.models import create_backbone, upper_stages
+from trainers.models import create_backbone, fixed_input_size, upper_stages
 
 CHECKPOINT = "last.pt"
 NAN_CHECK_EVERY = 25  # steps between NaN checks on CUDA (each check waits for the GPU)
@@ -73,9 +73,9 @@ class TrialResult:
 
 
 def backbone_kwargs(cfg: TrialConfig) -> dict:
-    """timm kwargs; a ViT is built for the dataset's resolution (position embeddings resampled)."""
+    """timm kwargs; an architecture of a fixed input size (a ViT) is built for the dataset's resolution."""
     kwargs = dict(cfg.backbone.kwargs)
-    if "vit" in cfg.backbone.name and "img_size" not in kwargs:
+    if "img_size" not in kwargs and fixed_input_size(cfg.backbone.name):
         kwargs["img_size"] = cfg.dataset.image_size
     return kwargs
 

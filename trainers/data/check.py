@@ -17,10 +17,8 @@ import pandas as pd
 from PIL import Image
 
 from .errors import DataFormatError, find_missing
-from .labels import AU_NAMES, LABEL_SPACES
-
-DATASETS = ("affwild2", "affectnet", "rafdb")
-_ALIASES = {"aff-wild2": "affwild2", "aff_wild2": "affwild2", "raf-db": "rafdb", "raf_db": "rafdb"}
+from .labels import AU_NAMES
+from .registry import get_dataset, real_datasets
 
 
 @dataclass
@@ -61,7 +59,7 @@ class DataCheckReport:
             if s.error is not None:
                 lines.append(f"  {s.name}: could not be loaded")
                 continue
-            videos = f" in {s.groups} videos" if self.dataset == "affwild2" else ""
+            videos = f" in {s.groups} videos" if get_dataset(self.dataset).group == "videos" else ""
             lines.append(f"  {s.name}: {s.n} examples{videos}")
             if s.valid:
                 lines.append("    valid labels: " + ", ".join(f"{t} {c}" for t, c in s.valid.items()))
@@ -99,28 +97,29 @@ def check_dataset(root: str | os.PathLike, dataset: str, open_images: bool = Tru
     ``open_images`` decodes every image with PIL (threads; a reduced-scale JPEG decode, which still
     catches truncated and corrupt files); without it only existence is checked.
     """
-    name = _ALIASES.get(dataset.lower(), dataset.lower())
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    entry = get_dataset(dataset)
+    if not entry.needs_root:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {tuple(real_datasets())}")
+    name = entry.name
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
     report = DataCheckReport(dataset=name, root=root)
     if not os.path.isdir(root):
         report.problems.append(f"{root}: folder not found")
         return report
-    splits = ("train", "test") if name == "rafdb" else ("train", "val")
-    space = LABEL_SPACES[name]
+    splits = entry.splits
+    space = entry.label_space
     frames = {}
     for split in splits:
         summary = SplitSummary(split)
         report.splits[split] = summary
         try:
-            df = _load(name, root, split)
+            df = entry.load_checked(root, split)
         except (DataFormatError, FileNotFoundError, ValueError) as e:
             summary.error = str(e)
             report.problems.append(f"{split}: {e}")
             continue
         frames[split] = df
-        _summarise(df, summary, space, name)
+        _summarise(df, summary, space, entry)
         for v in df.attrs["load_report"].get("videos_without_images", []):
             report.problems.append(f"{split}: video {v} is annotated but "
                                    f"{os.path.join(root, 'cropped_aligned', v)} does not exist")
@@ -129,30 +128,16 @@ def check_dataset(root: str | os.PathLike, dataset: str, open_images: bool = Tru
             report.problems.append(f"{split}: no examples")
     if len(frames) == 2:
         a, b = (frames[s] for s in splits)
-        key = "group" if name == "affwild2" else "path"
+        key = "group" if entry.group == "videos" else "path"
         report.overlap = sorted(set(a[key].astype(str)) & set(b[key].astype(str)))
         if report.overlap:
-            what = "videos" if name == "affwild2" else "images"
+            what = entry.group
             shown = ", ".join(report.overlap[:10]) + (" ..." if len(report.overlap) > 10 else "")
             report.problems.append(f"{splits[0]} and {splits[1]} share {len(report.overlap)} {what}: {shown}")
     return report
 
 
-def _load(name: str, root: str, split: str) -> pd.DataFrame:
-    if name == "affwild2":
-        from .affwild2 import load_affwild2
-
-        return load_affwild2(root, split, check_images=True)
-    if name == "affectnet":
-        from .affectnet import load_affectnet
-
-        return load_affectnet(root, split, check_images=False)
-    from .rafdb import load_rafdb
-
-    return load_rafdb(root, split, check_images=False)
-
-
-def _summarise(df: pd.DataFrame, s: SplitSummary, space, name: str) -> None:
+def _summarise(df: pd.DataFrame, s: SplitSummary, space, entry) -> None:
     s.n = len(df)
     s.groups = int(df["group"].nunique())
     expr = df["expr"].to_numpy()
@@ -164,13 +149,9 @@ def _summarise(df: pd.DataFrame, s: SplitSummary, space, name: str) -> None:
     if space.has_au:
         s.valid["AU"] = int((~df[list(AU_NAMES)].isna().all(axis=1)).sum())
     rep = df.attrs.get("load_report", {})
-    if name == "affwild2":
-        s.notes.append(f"{rep.get('layout')} layout; {rep.get('annotated_frames', 0)} annotated frames, "
-                       f"{rep.get('missing_images', 0)} without a cropped image and "
-                       f"{rep.get('unlabelled_frames', 0)} without any valid label were dropped")
-    elif name == "affectnet":
-        dropped = rep.get("dropped_classes", {})
-        s.notes.append("dropped (not expressions): " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+    note = entry.note(rep)
+    if note:
+        s.notes.append(note)
     for task in ("VA", "EXPR", "AU"):
         if task in s.valid and s.valid[task] == 0 and s.n:
             s.notes.append(f"no valid {task} label in this split")

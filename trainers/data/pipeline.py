@@ -63,23 +63,12 @@ def _load_split(ds, split: str) -> pd.DataFrame:
                           separability=ds.separability)
         train, val = group_split(world, ds.val_fraction, seed=ds.seed)
         return train if split == "train" else val
+    from trainers.data.registry import get_dataset
+
+    entry = get_dataset(ds.name)
     if ds.root is None:
         raise ValueError(f"dataset.root: required for dataset {ds.name!r}")
-    root = _expand(ds.root)
-    if ds.name == "affwild2":
-        from trainers.data.affwild2 import load_affwild2
-
-        # the official protocol scores every validation frame: every_k subsamples training only
-        return load_affwild2(root, split, every_k=ds.every_k if split == "train" else ds.val_every_k)
-    if ds.name == "affectnet":
-        from trainers.data.affectnet import load_affectnet
-
-        return load_affectnet(root, split, crop_faces=ds.crop_faces)
-    if ds.name == "rafdb":
-        from trainers.data.rafdb import load_rafdb
-
-        return load_rafdb(root, "test" if split == "val" else split)
-    raise ValueError(f"dataset.name: unknown dataset {ds.name!r}")
+    return entry.load(_expand(ds.root), entry.loader_split(split), ds)
 
 
 def apply_label_noise(index: pd.DataFrame, rate: float, seed: int, classes: int | Sequence[int]) -> pd.DataFrame:

@@ -32,10 +32,11 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from timm.layers import global_pool_nlc
 from torch import nn
 
-from trainers.methods.base import Method, register_method
+from trainers.methods.base import Method, MethodOptions, register_method
 
 __all__ = ["AdaDF", "AdaDFNet", "class_distributions_from_sums", "mine_class_distributions",
            "normalise_attention", "ramp_weights", "rank_regularisation", "split_encoder", "threshold_rows"]
@@ -240,17 +241,17 @@ class AdaDF(Method):
     """Adaptive label-distribution fusion (METHODS §10). Defaults: AffectNet's t = 0.5 and β = 5
     (RAF-DB: ``threshold: 0.7, beta: 3``)."""
 
-    defaults = dict(threshold=0.5, w_min=0.2, beta=5, margin=0.07, high_ratio=0.7, freeze_stem=True)
+    class Options(MethodOptions):
+        threshold: float = Field(0.5, gt=0.0, le=1.0)   # t of Eq. 7
+        w_min: float = Field(0.2, ge=0.0, lt=1.0)       # lower end of the normalised weights (Eq. 11)
+        beta: float = Field(5, gt=0.0)                  # β, epochs of the α1/α2 ramp (Eqs. 15-16)
+        margin: float = Field(0.07, ge=0.0)             # δ of the rank-regularisation loss (Eq. 10)
+        high_ratio: float = Field(0.7, ge=0.0, le=1.0)  # share of the high-weight group (Eq. 9)
+        freeze_stem: bool = True                        # the shared stem is not trained
 
     def __init__(self, ctx, **kwargs) -> None:
         super().__init__(ctx, **kwargs)
         o = self.options
-        if not 0.0 < float(o["threshold"]) <= 1.0:
-            raise ValueError(f"method.threshold: must lie in (0, 1], got {o['threshold']}")
-        if not 0.0 <= float(o["w_min"]) < 1.0:
-            raise ValueError(f"method.w_min: must lie in [0, 1), got {o['w_min']}")
-        if float(o["beta"]) <= 0:
-            raise ValueError(f"method.beta: must be positive, got {o['beta']}")
         self.class_distributions = threshold_rows(ctx.num_classes, float(o["threshold"]))  # initial rows
 
     def build_model(self, encoder, feat_dim):

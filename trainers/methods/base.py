@@ -9,6 +9,11 @@ in ``trainers.engine`` never names a method.
 Every method inherits the circumplex-cost OT term (METHODS §5): ``cost`` / ``lam`` / ``consistency``
 in the method config add ``λ L_OT`` and the consistency term to the method's EXPR loss, so
 ``focal`` + ``cost: circumplex`` is the study's OT condition and ``cost: none`` its base recipe.
+
+A method's own options are data (as timm's pretrained configs are): a ``MethodOptions`` pydantic
+model ``Options`` next to its code declares each option's type, range or choices and default;
+``defaults`` is derived from it. ``trainers.config.MethodConfig`` validates a config against the
+same model, so a bad value is refused before anything starts, and the method trusts it.
 """
 
 from __future__ import annotations
@@ -19,12 +24,43 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from trainers.data.labels import LabelSpace
 from trainers.losses import au_bce_loss, ccc_loss, focal_loss
 
 METHODS: dict[str, type[Method]] = {}
+
+
+class MethodOptions(BaseModel):
+    """A method's own options (a subclass per method, named ``Options`` in its class)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def option_error(err: ValidationError) -> tuple[str, str]:
+    """(option name, one-line reason) of the first problem, e.g. ``("alpha", "must be ≤ 1 (got 1.5)")``."""
+    first = err.errors()[0]
+    name = ".".join(str(p) for p in first["loc"])
+    ctx, kind, got = first.get("ctx") or {}, first["type"], first.get("input")
+    bounds = {"less_than_equal": ("≤", "le"), "less_than": ("<", "lt"), "greater_than_equal": ("≥", "ge"),
+              "greater_than": (">", "gt")}
+    if kind in bounds:
+        sign, key = bounds[kind]
+        bound = ctx[key]
+        msg = f"must be {sign} {bound:g}" if isinstance(bound, float) else f"must be {sign} {bound}"
+    elif kind == "literal_error":
+        msg = f"must be one of {ctx.get('expected', '')}".replace("'", "")
+    elif kind.startswith("bool"):
+        msg = "must be true or false"
+    elif kind.startswith("int"):
+        msg = "must be an integer"
+    elif kind.startswith("float"):
+        msg = "must be a number"
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+    return name, f"{msg} (got {got!r})"
 
 
 def register_method(name: str):
@@ -34,6 +70,7 @@ def register_method(name: str):
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
         cls.name = name
+        cls.defaults = cls.Options().model_dump()  # the options' defaults, in data
         METHODS[name] = cls
         return cls
 
@@ -87,15 +124,17 @@ class Method:
     """Base recipe hooks (METHODS §2). Subclasses override what their paper changes."""
 
     name: ClassVar[str] = "base"
-    defaults: ClassVar[dict[str, Any]] = {}
+    Options: ClassVar[type[MethodOptions]] = MethodOptions  # the method's own options (override)
+    defaults: ClassVar[dict[str, Any]] = {}                 # derived from Options by register_method
     default_cost: ClassVar[str] = "none"
+    needs_labels: ClassVar[tuple[str, ...]] = ()  # tasks ("va", "au") the training split must annotate
     # names of modules in ``self.modules`` used only for training (dropped at inference, METHODS §10/§12)
     train_only: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: MethodContext, cost: str | None = None, lam: float = 1.0, consistency: float = 0.0,
                  imported_from: str | None = None, **options: Any) -> None:
         self.ctx = ctx
-        self.options = {**self.defaults, **options}
+        self.options = self.Options.model_validate(options).model_dump()  # MethodConfig checked them
         self.modules = nn.ModuleDict()
         cost = cost or self.default_cost
         self.cost_variant = cost

@@ -44,10 +44,11 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from trainers.losses import ccc
-from trainers.methods.base import Method, register_method
+from trainers.methods.base import Method, MethodOptions, register_method
 
 __all__ = ["CAF", "adaptive_margin", "caf_va_loss", "critic_loss", "otsu_threshold", "strong_weak_split"]
 
@@ -155,8 +156,15 @@ class Critic(nn.Module):
 class CAF(Method):
     """Strong/weak critic + adversarial encoder steps; L_AV for VA (METHODS §12)."""
 
-    defaults = dict(c=0.05, kernel_var=0.2, critic_lr=1e-4, adv_lr=1e-4, adv_weight=1.0, gamma=2.0)
+    class Options(MethodOptions):
+        c: float = Field(0.05, gt=0.0)            # confidence constant of the margin (Eq. 8)
+        kernel_var: float = Field(0.2, gt=0.0)    # variance of the Gaussian kernel
+        critic_lr: float = Field(1e-4, gt=0.0)
+        adv_lr: float = Field(1e-4, gt=0.0)
+        adv_weight: float = Field(1.0, ge=0.0)
+        gamma: float = Field(2.0, ge=0.0)         # focal γ of the EXPR loss
     train_only = ("critic",)
+    needs_labels = ("va",)
 
     def __init__(self, ctx, **kwargs) -> None:
         super().__init__(ctx, **kwargs)

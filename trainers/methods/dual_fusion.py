@@ -40,12 +40,14 @@ as an (N, K) table indexed by ``batch["index"]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from trainers.methods.base import Method, register_method
+from trainers.methods.base import Method, MethodOptions, register_method
 
 __all__ = ["ClassVAStatistics", "DualFusion", "class_va_statistics", "euclidean_mixed_labels",
            "fused_labels", "gmm_mixed_labels", "mixed_label_table"]
@@ -167,15 +169,18 @@ def fused_labels(onehot: torch.Tensor, mixed: torch.Tensor, alpha: float) -> tor
 class DualFusion(Method):
     """Fused one-hot/VA-mixed labels with the paper's weighted CE + cosine + VA L2 (METHODS §9)."""
 
-    defaults = dict(mixed="euclidean", alpha=0.5, squared=False, va_l2=1.0, natural_sampling=True)
+    class Options(MethodOptions):
+        mixed: Literal["euclidean", "gmm"] = "euclidean"  # how a VA point becomes a mixed label
+        alpha: float = Field(0.5, ge=0.0, le=1.0)         # α of y = α onehot + (1 - α) mixed (Eq. 4)
+        squared: bool = False                             # squared distances in the Euclidean label
+        va_l2: float = Field(1.0, ge=0.0)                 # weight of the VA L2 term (Eq. 9)
+        natural_sampling: bool = True                     # uniform frames, as the paper: W_k alone compensates
+
+    needs_labels = ("va",)
 
     def __init__(self, ctx, **kwargs) -> None:
         super().__init__(ctx, **kwargs)
         o = self.options
-        if o["mixed"] not in ("euclidean", "gmm"):
-            raise ValueError(f"method.mixed: {o['mixed']!r} is not one of euclidean, gmm")
-        if not 0.0 <= float(o["alpha"]) <= 1.0:
-            raise ValueError(f"method.alpha: must lie in [0, 1], got {o['alpha']}")
         index = ctx.train_index
         va = index[["valence", "arousal"]].to_numpy(np.float64)
         expr = index["expr"].to_numpy()

@@ -6,14 +6,17 @@ method can take ``cost``/``lam``, so the two names only differ in their default 
 
 from __future__ import annotations
 
-from trainers.methods.base import Method, register_method
+from pydantic import Field
+
+from trainers.methods.base import Method, MethodOptions, register_method
 
 
 @register_method("focal")
 class Focal(Method):
     """Class-weighted focal CE, γ = 2 (the study's γ is not legible; METHODS §2 default)."""
 
-    defaults = dict(gamma=2.0)
+    class Options(MethodOptions):
+        gamma: float = Field(2.0, ge=0.0)  # focusing parameter γ
 
 
 @register_method("ot")

@@ -37,9 +37,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from trainers.methods.base import Method, register_method
+from trainers.methods.base import Method, MethodOptions, register_method
 from trainers.models.backbones import encoder_stages
 
 __all__ = ["GReFEL", "GReFELNet", "ReliabilityBalancing", "anchor_loss", "center_loss", "confidence",
@@ -152,8 +153,18 @@ class GReFELNet(nn.Module):
 class GReFEL(Method):
     """Reliability balancing: NLL on L_final + center loss (+ anchor loss in ``backward``), METHODS §11."""
 
-    defaults = dict(anchors_per_class=10, delta=1.0, lambda_cls=1.0, lambda_a=1.0, lambda_c=1.0, hidden=64,
-                    dropout=0.5, tokens=8, attn_dim=64, heads=1, balanced=False)
+    class Options(MethodOptions):
+        anchors_per_class: int = Field(10, ge=1)
+        delta: float = Field(1.0, gt=0.0)
+        lambda_cls: float = Field(1.0, ge=0.0)
+        lambda_a: float = Field(1.0, ge=0.0)      # anchor loss weight (Eq. 21)
+        lambda_c: float = Field(1.0, ge=0.0)      # center loss weight (Eq. 22)
+        hidden: int = Field(64, ge=1)
+        dropout: float = Field(0.5, ge=0.0, lt=1.0)
+        tokens: int = Field(8, ge=1)
+        attn_dim: int = Field(64, ge=1)
+        heads: int = Field(1, ge=1)
+        balanced: bool = False
 
     def build_model(self, encoder, feat_dim):
         o = self.options

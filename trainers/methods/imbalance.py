@@ -30,9 +30,10 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from trainers.methods.base import Method, register_method
+from trainers.methods.base import Method, MethodOptions, register_method
 
 __all__ = ["LDAMASL", "CosineHead", "LogitAdjust", "PCGrad", "asl_loss", "ldam_loss", "ldam_margins",
            "logit_adjusted_loss", "pcgrad_combine"]
@@ -90,7 +91,12 @@ class CosineHead(nn.Module):
 class LDAMASL(Method):
     """LDAM for EXPR (max margin 0.5, s = 30) with ASL for AU (γ- 4, γ+ 0, clip 0.05); METHODS §8."""
 
-    defaults = dict(max_margin=0.5, scale=30.0, gamma_neg=4.0, gamma_pos=0.0, clip=0.05)
+    class Options(MethodOptions):
+        max_margin: float = Field(0.5, ge=0.0)       # LDAM margin of the rarest class
+        scale: float = Field(30.0, gt=0.0)           # s of the cosine logits
+        gamma_neg: float = Field(4.0, ge=0.0)        # ASL γ-
+        gamma_pos: float = Field(0.0, ge=0.0)        # ASL γ+
+        clip: float = Field(0.05, ge=0.0, lt=1.0)    # ASL probability margin
 
     def __init__(self, ctx, **kwargs) -> None:
         super().__init__(ctx, **kwargs)
@@ -130,7 +136,9 @@ def logit_adjusted_loss(logits: torch.Tensor, target: torch.Tensor, log_prior: t
 class LogitAdjust(Method):
     """``CE(z_k + τ log π_k)`` at training, τ = 1, π the training class frequencies (METHODS §8)."""
 
-    defaults = dict(tau=1.0, natural_sampling=True)
+    class Options(MethodOptions):
+        tau: float = Field(1.0, ge=0.0)              # τ of the logit adjustment
+        natural_sampling: bool = True                # the natural prior the adjustment assumes (METHODS §8)
 
     def __init__(self, ctx, **kwargs) -> None:
         super().__init__(ctx, **kwargs)
@@ -169,7 +177,8 @@ def pcgrad_combine(grads: list[torch.Tensor], generator: torch.Generator | None 
 class PCGrad(Method):
     """Focal EXPR loss; PCGrad across the weighted VA/EXPR/AU losses on the shared encoder (METHODS §8)."""
 
-    defaults = dict(gamma=2.0)
+    class Options(MethodOptions):
+        gamma: float = Field(2.0, ge=0.0)            # focal γ of the EXPR loss
 
     def backward(self, total, weighted, model):
         stages, _ = model.schedule_groups()

@@ -32,14 +32,29 @@ class Backbone:
 
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {}
+BACKBONE_ARCHS: dict[str, str] = {}  # registered name -> the timm architecture it builds
 
 
-def register_backbone(name: str):
+def register_backbone(name: str, arch: str | None = None):
+    """Register a builder by name; ``arch``: the timm architecture it builds (its data, e.g. input size)."""
+
     def wrap(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
         BACKBONES[name] = fn
+        if arch is not None:
+            BACKBONE_ARCHS[name] = arch
         return fn
 
     return wrap
+
+
+def fixed_input_size(name: str) -> bool:
+    """Whether ``name`` is built for one input resolution (timm's ``pretrained_cfg.fixed_input_size``:
+    a ViT's position embeddings), so it is built for the dataset's ``img_size``."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(BACKBONE_ARCHS.get(name, name))
+    except Exception:  # noqa: BLE001 -- a name timm does not know has no such data
+        return False
+    return bool(cfg is not None and cfg.fixed_input_size)
 
 
 class WeightsError(RuntimeError):

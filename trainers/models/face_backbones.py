@@ -123,7 +123,7 @@ def fsfm_stats(path: str | None) -> tuple[tuple, tuple] | None:
     return mean, std
 
 
-@register_backbone("fsfm_vit_b16")
+@register_backbone("fsfm_vit_b16", arch="vit_base_patch16_224")
 def fsfm_vit_b16(pretrained: bool | str = False, mean=None, std=None, **kwargs) -> Backbone:
     """FSFM (CVPR 2025) face self-supervised ViT-B/16: ``checkpoint-400.pth`` (the online network,
     ``{"model": {...}}``) with its ``pretrain_ds_mean_std.txt`` read when it lies beside it."""
@@ -141,7 +141,7 @@ def fsfm_vit_b16(pretrained: bool | str = False, mean=None, std=None, **kwargs) 
     return backbone
 
 
-@register_backbone("farl_vit_b16")
+@register_backbone("farl_vit_b16", arch="vit_base_patch16_clip_quickgelu_224")
 def farl_vit_b16(pretrained: bool | str = False, mean=None, std=None, **kwargs) -> Backbone:
     """FaRL (CVPR 2022) face vision-language ViT-B/16: ``FaRL-Base-Patch16-LAIONFace20M-ep64.pth``
     (``{"state_dict": {...}}`` in OpenAI-CLIP naming), image tower only; CLIP's QuickGELU architecture."""
@@ -159,7 +159,7 @@ def farl_vit_b16(pretrained: bool | str = False, mean=None, std=None, **kwargs) 
     return backbone
 
 
-@register_backbone("siglip2_vit_b16")
+@register_backbone("siglip2_vit_b16", arch=SIGLIP2_ARCH)
 def siglip2_vit_b16(pretrained: bool | str = False, mean=None, std=None, **kwargs) -> Backbone:
     """SigLIP 2 (2025) general vision-language ViT-B/16 image tower with its attention-pool head.
     ``pretrained: true`` reads timm's Hugging Face cache; a path takes timm's ``model.safetensors``
