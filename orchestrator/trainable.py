@@ -73,6 +73,8 @@ def train_trial(config: dict, tracking_uri: str) -> None:
             logged.add(epoch)
 
     reported: list[int] = []
+    timing = {"t_start": time.time(), "io_start": _io_written(), "timing/ray_report_s": 0.0,
+              "ray_checkpoint_bytes": 0}
 
     def report(epoch: int, metrics: dict, checkpoint_dir: Path) -> None:
         if not reported:  # > 1 when this attempt resumed from a checkpoint
@@ -84,7 +86,10 @@ def train_trial(config: dict, tracking_uri: str) -> None:
         first = ("epoch", "p_mtl", "expr_f1", "va_ccc", "au_f1")  # the order Tune's table shows them in
         numeric = {k: float(metrics[k]) for k in first if tracking._is_number(metrics.get(k))}
         numeric.update({k: float(v) for k, v in metrics.items() if k not in numeric and tracking._is_number(v)})
+        t0 = time.perf_counter()
         tune.report(numeric, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        timing["timing/ray_report_s"] += time.perf_counter() - t0
+        timing["ray_checkpoint_bytes"] += sum(f.stat().st_size for f in Path(checkpoint_dir).iterdir() if f.is_file())
         if attempt <= fail_times:
             raise InjectedFailure(f"injected failure of trial {cfg.trial_id} after epoch {epoch} "
                                   f"(attempt {attempt} of the {fail_times} that fail)")
@@ -111,9 +116,31 @@ def train_trial(config: dict, tracking_uri: str) -> None:
             **t["axes"], **metrics}
     record.write_json(tdir / "result.json", full)
     mlflow_log.submit(tracking.log_trial_result, tdir, full, result.history)
+    t0 = time.perf_counter()
     delivered = mlflow_log.close(timeout=FLUSH_TIMEOUT)
+    write_timing(tdir, result.timing, timing, mlflow_wait=time.perf_counter() - t0, trial=time.perf_counter() - started)
     record.update_state(tdir, status="done", error=None, fit_seconds=time.perf_counter() - started,
                         mlflow_retries=mlflow_log.failed_writes, mlflow_delivered=delivered)
+
+
+def _io_written() -> int | None:
+    """Bytes this process has caused to be written to storage so far (Linux /proc), or None."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def write_timing(tdir: Path, fit_timing: dict, timing: dict, mlflow_wait: float, trial: float) -> None:
+    """timing.json: fit's phases plus what the trainable spent around them (Ray's report, MLflow)."""
+    io_start, io_end = timing.pop("io_start"), _io_written()
+    out = {**fit_timing, **timing, "t_end": time.time(), "timing/mlflow_wait_s": mlflow_wait,
+           "timing/trial_s": trial,
+           "process_write_bytes": None if io_start is None or io_end is None else io_end - io_start}
+    record.write_json(tdir / "timing.json", out)
 
 
 def _start_attempt(client, run_id: str, attempt: int, node_id: str, hostname: str) -> None:

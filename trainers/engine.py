@@ -63,6 +63,31 @@ class TrialResult:
     metrics: dict
     trial_dir: Path
     history: list[dict] = field(default_factory=list)
+    timing: dict = field(default_factory=dict)
+
+
+TIMING = "timing.json"  # this attempt's phase wall times and bytes written (benchmarks/sweep_overhead.py)
+
+
+class PhaseTimes(dict):
+    """Wall seconds per phase of one attempt (``timing/<phase>_s``) and checkpoint bytes written.
+    Kept out of result.json: timings differ between identical trials, metrics must not."""
+
+    def add(self, phase: str, seconds: float) -> None:
+        key = f"timing/{phase}_s"
+        self[key] = self.get(key, 0.0) + seconds
+
+    def phase(self, name: str):
+        times = self
+
+        class _Span:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                times.add(name, time.perf_counter() - self.t0)
+
+        return _Span()
 
 
 def backbone_kwargs(cfg: TrialConfig) -> dict:
@@ -120,6 +145,8 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
     """Train one trial and write its directory (DESIGN "One trial"). ``report(epoch, metrics,
     checkpoint_dir)`` is called after each epoch's checkpoint (Ray Tune's hook)."""
     # --- set up ----------------------------------------------------------------------------
+    t_fit = time.perf_counter()
+    timing = PhaseTimes()
     trial_dir = Path(trial_dir)
     ckpt_dir = trial_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +154,8 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
     cuda = device.type == "cuda"
     if not cuda:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    data = prepare_data(cfg)
+    with timing.phase("data"):
+        data = prepare_data(cfg)
     ctx = method_context(cfg, data, device)
     m = cfg.method
     torch.manual_seed(cfg.seed)  # the seed fixes the initialisation of everything seeded
@@ -176,6 +204,7 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
     steps_per_epoch = max(1, n_train // cfg.batch_size)  # full batches only: BatchNorm cannot take one frame
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    timing.add("setup", time.perf_counter() - t_fit - timing["timing/data_s"])
     bar = tqdm(total=(cfg.epochs - start + 1) * steps_per_epoch, disable=not progress, desc=cfg.trial_id,
                unit="batch", leave=False)
 
@@ -230,18 +259,23 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
             images_seen += len(idx)
             bar.update(1)
         train_seconds += time.perf_counter() - t0
-        epoch_metrics = {f"train/{k}": float(v) / counts[k] for k, v in sums.items()}
-        epoch_metrics.update(method.on_epoch_end(
-            model, lambda: iterate_outputs(model, data.train_images, cfg, backbone, device), state))
+        timing.add("train", time.perf_counter() - t0)
+        with timing.phase("epoch_end"):
+            epoch_metrics = {f"train/{k}": float(v) / counts[k] for k, v in sums.items()}
+            epoch_metrics.update(method.on_epoch_end(
+                model, lambda: iterate_outputs(model, data.train_images, cfg, backbone, device), state))
 
         # --- evaluate (the EMA weights, METHODS §2) -------------------------------------------
-        recalibrate_batchnorm(ema.module, data.train_images, order, cfg, backbone, device)
-        evaluation = evaluate(ema.module, method, data, cfg, backbone, device, ctx)
+        with timing.phase("bn_recalibration"):
+            recalibrate_batchnorm(ema.module, data.train_images, order, cfg, backbone, device)
+        with timing.phase("eval"):
+            evaluation = evaluate(ema.module, method, data, cfg, backbone, device, ctx)
         epoch_metrics.update({k: v for k, v in evaluation.metrics.items() if not isinstance(v, str)})
         epoch_metrics["epoch"] = epoch
         history.append(epoch_metrics)
 
         # --- checkpoint (atomic: a kill mid-write never leaves a corrupt "last") -----------------
+        t_ckpt = time.perf_counter()
         tmp = ckpt_dir / (CHECKPOINT + ".tmp")
         torch.save({
             "trial_id": cfg.trial_id, "epoch": epoch, "step": step, "history": history,
@@ -250,14 +284,18 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
             "method_state": method.state_dict(), "train_seconds": train_seconds, "images_seen": images_seen,
             "order_hash": first_order,
         }, tmp)
+        timing["checkpoint_bytes"] = timing.get("checkpoint_bytes", 0) + tmp.stat().st_size
         os.replace(tmp, ckpt_dir / CHECKPOINT)
+        timing.add("checkpoint", time.perf_counter() - t_ckpt)
         if report is not None:
-            report(epoch, epoch_metrics, ckpt_dir)
+            with timing.phase("report"):
+                report(epoch, epoch_metrics, ckpt_dir)
     bar.close()
 
     # --- final result --------------------------------------------------------------------------
     # resumed from the last epoch's checkpoint (killed before result.json): evaluate the restored EMA
     ran_an_epoch = start <= cfg.epochs
+    t_final = time.perf_counter()
     final = evaluation if ran_an_epoch else evaluate(ema.module, method, data, cfg, backbone, device, ctx)
     metrics = {**final.metrics, "epochs": cfg.epochs, "train_seconds": train_seconds,
                "images_per_second": images_seen / train_seconds if train_seconds > 0 else float("nan"),
@@ -268,7 +306,10 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
                                               "matrix": final.confusion.tolist()})
     write_json(trial_dir / "circumplex.json", circumplex_record(ctx, method))
     write_json(trial_dir / "history.json", history)
-    return TrialResult(metrics=result, trial_dir=trial_dir, history=history)
+    timing.add("final", time.perf_counter() - t_final)
+    timing.add("fit", time.perf_counter() - t_fit)
+    write_json(trial_dir / TIMING, dict(timing))
+    return TrialResult(metrics=result, trial_dir=trial_dir, history=history, timing=dict(timing))
 
 
 @dataclass
