@@ -1,10 +1,12 @@
 """The Ray Tune function trainable: one trial = one call of ``trainers.engine.fit``.
 
-``fit`` checkpoints atomically after each epoch; its ``report`` hook hands that directory to
-``tune.report(metrics, checkpoint=Checkpoint.from_directory(...))`` and logs the epoch to the trial's
-MLflow run. When Ray retries a failed trial (``FailureConfig``), ``tune.get_checkpoint()`` is the last
-reported checkpoint and ``fit`` resumes from it; when a later ``affsweep run`` re-plans an interrupted
-trial, ``fit`` resumes from ``trials/<id>/checkpoints/last.pt`` in the trial directory by itself.
+``fit`` checkpoints atomically after each epoch into ``trials/<id>/checkpoints/last.pt``; its
+``report`` hook sends the epoch's metrics to ``tune.report`` WITHOUT a checkpoint and logs the epoch to
+the trial's MLflow run. The trial directory is the one checkpoint: Ray 2.x copies every reported
+``Checkpoint`` into its storage (``StorageContext.persist_current_checkpoint``), which would write each
+checkpoint twice, and the trial directory must be on storage every node reaches anyway (the driver
+reads ``result.json`` there). When Ray retries a failed trial (``FailureConfig``), or a later
+``affsweep run`` re-plans an interrupted one, ``fit`` resumes from ``last.pt`` by itself.
 
 Test-only fault injection: the driver copies ``AFFSWEEP_FAIL_TRIALS=<trial_id>:<n>[,...]`` into the
 trial's config as ``inject_failures``; the trial then raises after its first epoch's report in its
@@ -87,9 +89,8 @@ def train_trial(config: dict, tracking_uri: str) -> None:
         numeric = {k: float(metrics[k]) for k in first if tracking._is_number(metrics.get(k))}
         numeric.update({k: float(v) for k, v in metrics.items() if k not in numeric and tracking._is_number(v)})
         t0 = time.perf_counter()
-        tune.report(numeric, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        tune.report(numeric)  # no checkpoint: Ray would copy it (see the module docstring)
         timing["timing/ray_report_s"] += time.perf_counter() - t0
-        timing["ray_checkpoint_bytes"] += sum(f.stat().st_size for f in Path(checkpoint_dir).iterdir() if f.is_file())
         if attempt <= fail_times:
             raise InjectedFailure(f"injected failure of trial {cfg.trial_id} after epoch {epoch} "
                                   f"(attempt {attempt} of the {fail_times} that fail)")

@@ -187,9 +187,10 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
         state = torch.load(resume_file, map_location=device, weights_only=False)
         if state["trial_id"] != cfg.trial_id:
             raise RuntimeError(f"{resume_file}: checkpoint belongs to trial {state['trial_id']}, not {cfg.trial_id}")
-        model.load_state_dict(state["model"])
+        if "model" in state:  # absent from a finished trial's checkpoint: nothing left to train
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
         weighting.load_state_dict(state["weighting"])
         method.modules.load_state_dict(state["method_modules"])
         method.load_state_dict(state["method_state"])
@@ -265,21 +266,23 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
             epoch_metrics.update(method.on_epoch_end(
                 model, lambda: iterate_outputs(model, data.train_images, cfg, backbone, device), state))
 
-        # --- evaluate (the EMA weights, METHODS §2) -------------------------------------------
-        with timing.phase("bn_recalibration"):
-            recalibrate_batchnorm(ema.module, data.train_images, order, cfg, backbone, device)
-        with timing.phase("eval"):
-            evaluation = evaluate(ema.module, method, data, cfg, backbone, device, ctx)
-        epoch_metrics.update({k: v for k, v in evaluation.metrics.items() if not isinstance(v, str)})
+        # --- evaluate (the EMA weights, METHODS §2) on the epochs the schedule keeps --------------
+        if evaluates(cfg, epoch):
+            evaluation = evaluate_ema(ema.module, method, data, order, cfg, backbone, device, ctx, timing)
+            epoch_metrics.update({k: v for k, v in evaluation.metrics.items() if not isinstance(v, str)})
         epoch_metrics["epoch"] = epoch
         history.append(epoch_metrics)
 
         # --- checkpoint (atomic: a kill mid-write never leaves a corrupt "last") -----------------
         t_ckpt = time.perf_counter()
         tmp = ckpt_dir / (CHECKPOINT + ".tmp")
+        # a finished trial keeps the evaluated (EMA) weights; the raw weights and the optimiser state
+        # only serve to train on, and are dropped unless keep_optimizer (then it stays resumable)
+        final_epoch = epoch == cfg.epochs and not cfg.keep_optimizer
         torch.save({
             "trial_id": cfg.trial_id, "epoch": epoch, "step": step, "history": history,
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            **({} if final_epoch else {"model": model.state_dict(), "optimizer": optimizer.state_dict()}),
+            "ema": ema.state_dict(),
             "weighting": weighting.state_dict(), "method_modules": method.modules.state_dict(),
             "method_state": method.state_dict(), "train_seconds": train_seconds, "images_seen": images_seen,
             "order_hash": first_order,
@@ -296,7 +299,10 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
     # resumed from the last epoch's checkpoint (killed before result.json): evaluate the restored EMA
     ran_an_epoch = start <= cfg.epochs
     t_final = time.perf_counter()
-    final = evaluation if ran_an_epoch else evaluate(ema.module, method, data, cfg, backbone, device, ctx)
+    if not ran_an_epoch:
+        last_order = epoch_order(n_train, cfg.seed, cfg.epochs, sample_weights)
+        evaluation = evaluate_ema(ema.module, method, data, last_order, cfg, backbone, device, ctx, timing)
+    final = evaluation
     metrics = {**final.metrics, "epochs": cfg.epochs, "train_seconds": train_seconds,
                "images_per_second": images_seen / train_seconds if train_seconds > 0 else float("nan"),
                "data_order_hash": first_order, **method.parameter_counts(model)}
@@ -316,6 +322,24 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
 class Evaluation:
     metrics: dict
     confusion: np.ndarray
+
+
+def evaluates(cfg: TrialConfig, epoch: int) -> bool:
+    """The epochs whose evaluation is kept: the last, and every ``eval_every``-th when set. Tune's
+    ``report`` needs no evaluation (non-evaluated epochs report their training metrics), nor do
+    retries (they resume from the checkpoint, which every epoch writes)."""
+    return epoch == cfg.epochs or (cfg.eval_every is not None and epoch % cfg.eval_every == 0)
+
+
+def evaluate_ema(model, method, data: TrialData, order: np.ndarray, cfg: TrialConfig, backbone, device, ctx,
+                 timing: PhaseTimes) -> Evaluation:
+    """BatchNorm re-estimated on this epoch's first training batches, then the validation metrics.
+    ``update_bn`` resets the running statistics before re-estimating them, so an evaluation depends
+    only on the EMA's parameters: how often a trial is evaluated never changes its final metrics."""
+    with timing.phase("bn_recalibration"):
+        recalibrate_batchnorm(model, data.train_images, order, cfg, backbone, device)
+    with timing.phase("eval"):
+        return evaluate(model, method, data, cfg, backbone, device, ctx)
 
 
 @torch.no_grad()
@@ -372,12 +396,12 @@ def evaluate(model, method, data: TrialData, cfg: TrialConfig, backbone, device,
     from trainers.geometry import representational_similarity
 
     va, probs, au, feats = [], [], [], []
-    for _, out in iterate_outputs(model, data.val_images, cfg, backbone, device):
-        va.append(out["va"].float().cpu())
-        probs.append(method.expr_probabilities(out).float().cpu())
-        au.append(out["au"].float().cpu())
-        feats.append(out["feat"].float().cpu())
-    va, probs, au, feats = (torch.cat(t).numpy() for t in (va, probs, au, feats))
+    for _, out in iterate_outputs(model, data.val_images, cfg, backbone, device):  # kept on the device:
+        va.append(out["va"].float())                                              # one host copy at the end
+        probs.append(method.expr_probabilities(out).float())
+        au.append(out["au"].float())
+        feats.append(out["feat"].float())
+    va, probs, au, feats = (torch.cat(t).cpu().numpy() for t in (va, probs, au, feats))
     labels, space = data.val_labels, cfg.label_space
     metrics: dict = {}
     names = space.class_names
