@@ -112,14 +112,25 @@ def _cached_splits(dataset_json: str):
     return load_split(ds, "train"), load_split(ds, "val")
 
 
+@lru_cache(maxsize=4)
+def _cached_images(dataset_json: str) -> tuple[ImageStore, ImageStore]:
+    """One decoded copy of a dataset's images per process, whichever trials of it the process runs
+    (label noise changes labels, never images)."""
+    from trainers.config import DatasetConfig
+
+    train, val = _cached_splits(dataset_json)
+    ds = DatasetConfig.model_validate_json(dataset_json)
+    return (ImageStore(train, ds.image_size, ds.cache_dir, ds.cache),
+            ImageStore(val, ds.image_size, ds.cache_dir, ds.cache))
+
+
 def prepare_data(cfg: TrialConfig) -> TrialData:
-    train, val = _cached_splits(cfg.dataset.model_dump_json())
+    dataset_json = cfg.dataset.model_dump_json()
+    train, val = _cached_splits(dataset_json)
     train = apply_label_noise(train, cfg.label_noise.rate, cfg.label_noise.seed, cfg.label_space.num_classes)
-    ds = cfg.dataset
+    train_images, val_images = _cached_images(dataset_json)
     return TrialData(
-        train_index=train, val_index=val,
-        train_images=ImageStore(train, ds.image_size, ds.cache_dir, ds.cache),
-        val_images=ImageStore(val, ds.image_size, ds.cache_dir, ds.cache),
+        train_index=train, val_index=val, train_images=train_images, val_images=val_images,
         train_labels=LabelTensors.from_index(train), val_labels=LabelTensors.from_index(val),
     )
 
@@ -144,6 +155,18 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
         progress: bool = True, resume_from: str | Path | None = None) -> TrialResult:
     """Train one trial and write its directory (DESIGN "One trial"). ``report(epoch, metrics,
     checkpoint_dir)`` is called after each epoch's checkpoint (Ray Tune's hook)."""
+    steps = fit_steps(cfg, trial_dir, report, progress, resume_from)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def fit_steps(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Path], None] | None = None,
+              progress: bool = True, resume_from: str | Path | None = None):
+    """``fit`` as a generator that yields after every optimisation step and returns the TrialResult:
+    ``trainers.packed`` interleaves the steps of several trials in one process this way."""
     # --- set up ----------------------------------------------------------------------------
     t_fit = time.perf_counter()
     timing = PhaseTimes()
@@ -226,7 +249,7 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
         state = StepState(epoch=epoch, step=step, epochs=cfg.epochs)
         sums: dict = {}
         counts: dict[str, int] = {}
-        t0 = time.perf_counter()
+        t0, paused = time.perf_counter(), 0.0
         batches = iterate_batches(data.train_images, order, cfg.batch_size, steps_per_epoch, cfg.num_workers,
                                   pin_memory=cuda)
         for b, (idx, images) in enumerate(batches):
@@ -259,8 +282,12 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
                 counts[k] = counts.get(k, 0) + 1
             images_seen += len(idx)
             bar.update(1)
-        train_seconds += time.perf_counter() - t0
-        timing.add("train", time.perf_counter() - t0)
+            t_yield = time.perf_counter()
+            yield step
+            paused += time.perf_counter() - t_yield  # another packed trial's step: not this trial's time
+        timing.add("paused", paused)
+        train_seconds += time.perf_counter() - t0 - paused
+        timing.add("train", time.perf_counter() - t0 - paused)
         with timing.phase("epoch_end"):
             epoch_metrics = {f"train/{k}": float(v) / counts[k] for k, v in sums.items()}
             epoch_metrics.update(method.on_epoch_end(
@@ -313,7 +340,7 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
     write_json(trial_dir / "circumplex.json", circumplex_record(ctx, method))
     write_json(trial_dir / "history.json", history)
     timing.add("final", time.perf_counter() - t_final)
-    timing.add("fit", time.perf_counter() - t_fit)
+    timing.add("fit", time.perf_counter() - t_fit - timing.get("timing/paused_s", 0.0))
     write_json(trial_dir / TIMING, dict(timing))
     return TrialResult(metrics=result, trial_dir=trial_dir, history=history, timing=dict(timing))
 
