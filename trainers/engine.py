@@ -23,6 +23,7 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from trainers.config import TrialConfig
+from trainers.data.device_resident import DeviceImages, device_resident, iterate_device_batches
 from trainers.data.labels import AU_NAMES
 from trainers.data.pipeline import (
     ImageStore,
@@ -135,6 +136,19 @@ def prepare_data(cfg: TrialConfig) -> TrialData:
     )
 
 
+def on_device(data: TrialData, cfg: TrialConfig, device: torch.device) -> TrialData:
+    """``data`` with its images in device memory when ``cfg.data_on_device`` asks and they fit."""
+    import dataclasses
+    import sys
+
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    train = device_resident(data.train_images, cfg.data_on_device, device, say)
+    val = device_resident(data.val_images, cfg.data_on_device, device, say) if train is not None else None
+    if train is None or val is None:
+        return data
+    return dataclasses.replace(data, train_images=train, val_images=val)
+
+
 def method_context(cfg: TrialConfig, data: TrialData, device: torch.device) -> MethodContext:
     from trainers.geometry import estimate_geometry
 
@@ -179,6 +193,7 @@ def fit_steps(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, di
         torch.use_deterministic_algorithms(True, warn_only=True)
     with timing.phase("data"):
         data = prepare_data(cfg)
+        data = on_device(data, cfg, device)
     ctx = method_context(cfg, data, device)
     m = cfg.method
     torch.manual_seed(cfg.seed)  # the seed fixes the initialisation of everything seeded
@@ -250,8 +265,11 @@ def fit_steps(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, di
         sums: dict = {}
         counts: dict[str, int] = {}
         t0, paused = time.perf_counter(), 0.0
-        batches = iterate_batches(data.train_images, order, cfg.batch_size, steps_per_epoch, cfg.num_workers,
-                                  pin_memory=cuda)
+        if isinstance(data.train_images, DeviceImages):  # gathered on the device: no loader, no copies
+            batches = iterate_device_batches(data.train_images, order, cfg.batch_size, steps_per_epoch)
+        else:
+            batches = iterate_batches(data.train_images, order, cfg.batch_size, steps_per_epoch, cfg.num_workers,
+                                      pin_memory=cuda)
         for b, (idx, images) in enumerate(batches):
             idx = np.asarray(idx)
             images = images.to(device, non_blocking=True)
