@@ -152,7 +152,9 @@ def breakdown(timings: list[dict], train: float, sweep_wall: float, concurrency:
     rows["fit, between phases"] = total("timing/fit_s") - sum(total(f"timing/{k}_s") for k in inside)
     rows["MLflow wait at trial end"] = total("timing/mlflow_wait_s")
     trial = total("timing/trial_s")
-    rows["trainable outside fit"] = trial - total("timing/fit_s") - rows["MLflow wait at trial end"]
+    rows["trial start (imports, state, MLflow run)"] = total("timing/trial_start_s")
+    rows["trainable outside fit, rest"] = (trial - total("timing/fit_s") - rows["MLflow wait at trial end"]
+                                           - rows["trial start (imports, state, MLflow run)"])
     # wall time no trial was running on a lane: Ray start/stop, actor scheduling, MLflow server, driver
     rows["Ray / driver outside trials"] = concurrency * sweep_wall - trial
     ideal = train / concurrency

@@ -42,6 +42,7 @@ FLUSH_TIMEOUT = float(os.environ.get("AFFSWEEP_MLFLOW_FLUSH_TIMEOUT", "600"))  #
 def train_trial(config: dict, tracking_uri: str) -> None:
     """One trial. ``tracking_uri`` comes through ``tune.with_parameters`` (Ray's object store), not the
     config, so a URI with credentials never lands in Ray's params.json."""
+    entered = time.perf_counter()  # timing.json: the trial's imports and set-up count as its time
     import ray
     from mlflow.tracking import MlflowClient
 
@@ -76,7 +77,7 @@ def train_trial(config: dict, tracking_uri: str) -> None:
 
     reported: list[int] = []
     timing = {"t_start": time.time(), "io_start": _io_written(), "timing/ray_report_s": 0.0,
-              "ray_checkpoint_bytes": 0}
+              "ray_checkpoint_bytes": 0, "timing/trial_start_s": time.perf_counter() - entered}
 
     def report(epoch: int, metrics: dict, checkpoint_dir: Path) -> None:
         if not reported:  # > 1 when this attempt resumed from a checkpoint
@@ -119,7 +120,7 @@ def train_trial(config: dict, tracking_uri: str) -> None:
     mlflow_log.submit(tracking.log_trial_result, tdir, full, result.history)
     t0 = time.perf_counter()
     delivered = mlflow_log.close(timeout=FLUSH_TIMEOUT)
-    write_timing(tdir, result.timing, timing, mlflow_wait=time.perf_counter() - t0, trial=time.perf_counter() - started)
+    write_timing(tdir, result.timing, timing, mlflow_wait=time.perf_counter() - t0, trial=time.perf_counter() - entered)
     record.update_state(tdir, status="done", error=None, fit_seconds=time.perf_counter() - started,
                         mlflow_retries=mlflow_log.failed_writes, mlflow_delivered=delivered)
 
