@@ -63,6 +63,7 @@ def fit_packed(cfgs: Sequence[TrialConfig], trial_dirs: Sequence[str | Path],
     rng: list[torch.Tensor | None] = [None] * k  # each trial's torch RNG state between its steps
     cuda_rng: list[torch.Tensor | None] = [None] * k
     results: list[TrialResult | BaseException | None] = [None] * k
+    started = [False] * k
     active = list(range(k))
     while active:
         for i in list(active):
@@ -86,6 +87,9 @@ def fit_packed(cfgs: Sequence[TrialConfig], trial_dirs: Sequence[str | Path],
                 rng[i] = torch.get_rng_state()
                 if cuda:
                     cuda_rng[i] = torch.cuda.get_rng_state()
+                    if not started[i]:  # set-up copied shared tensors (device-resident images) on this
+                        torch.cuda.synchronize()  # stream: the other streams may read them only after it
+            started[i] = True
     if cuda:
         torch.cuda.synchronize()
     return results
