@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         wall_packed = time.perf_counter() - t0
     finally:
         ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
     cpus = os.cpu_count() or 1
     drop = {"train_seconds", "images_per_second"}
     equal = all(isinstance(b, dict) and {k: v for k, v in a.items() if k not in drop}
