@@ -12,6 +12,14 @@ and reports
   ``trainers.engine.fit`` (what ``affsweep train`` does, without Ray or MLflow), and the ratio
   sequential wall / sweep wall (the speed-up the sweep actually delivers).
 
+and, from each trial's ``timing.json`` (written by ``trainers.engine.fit`` and the trainable), the
+breakdown of where the time went, summed over the sweep, as fractions of the ideal
+(Σ train_seconds / concurrency): set-up, world/data, training, method epoch-end hooks, evaluation,
+BN re-estimation, checkpoint writes, Ray's ``report`` (with its checkpoint copy), the rest of the
+report hook (state.json, MLflow queueing), the wait for MLflow at the end, and Ray/driver time
+outside the trials (Ray start/stop, scheduling, MLflow server). Bytes written per trial: checkpoint
+bytes the trainer wrote, checkpoint bytes handed to Ray to copy, and the worker's /proc write_bytes.
+
     python benchmarks/sweep_overhead.py                       # the full demo (24 trials)
     python benchmarks/sweep_overhead.py --seeds 2 --epochs 2  # a reduced demo (8 trials)
 """
@@ -95,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
             "sweep_wall_s": sweep_wall, "sum_train_seconds": train, "sum_fit_seconds": fit_wall,
             "overhead_vs_train": sweep_wall / (train / concurrency),
             "overhead_vs_fit": sweep_wall / (fit_wall / concurrency),
+            "load_average": os.getloadavg(),
         }
+        timings = [read_timing(record.trial_dir(sweep_dir, t.trial_id)) for t in plan.trials]
+        numbers["breakdown"] = breakdown(timings, train, sweep_wall, concurrency)
+        numbers["bytes_per_trial"] = bytes_per_trial(timings, sweep_dir, len(plan.trials))
         if not args.no_sequential:
             import torch
 
@@ -117,6 +129,46 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
+PHASES = (  # (label, timing.json key): inside fit, then around it in the trainable
+    ("set-up (model, optimiser)", "timing/setup_s"), ("world / data", "timing/data_s"),
+    ("training", "timing/train_s"), ("method epoch-end hooks", "timing/epoch_end_s"),
+    ("evaluation", "timing/eval_s"), ("BN re-estimation", "timing/bn_recalibration_s"),
+    ("checkpoint writes", "timing/checkpoint_s"), ("final result files", "timing/final_s"),
+    ("Ray report (+ checkpoint copy)", "timing/ray_report_s"),
+)
+
+
+def read_timing(tdir: Path) -> dict:
+    path = tdir / "timing.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def breakdown(timings: list[dict], train: float, sweep_wall: float, concurrency: int) -> dict:
+    """Seconds summed over trials, and as fractions of the ideal Σ train_seconds / concurrency."""
+    total = lambda key: sum(float(t.get(key) or 0.0) for t in timings)  # noqa: E731
+    rows = {label: total(key) for label, key in PHASES}
+    rows["report hook rest (state, MLflow queue)"] = total("timing/report_s") - total("timing/ray_report_s")
+    inside = ("setup", "data", "train", "epoch_end", "eval", "bn_recalibration", "checkpoint", "final", "report")
+    rows["fit, between phases"] = total("timing/fit_s") - sum(total(f"timing/{k}_s") for k in inside)
+    rows["MLflow wait at trial end"] = total("timing/mlflow_wait_s")
+    trial = total("timing/trial_s")
+    rows["trial start (imports, state, MLflow run)"] = total("timing/trial_start_s")
+    rows["trainable outside fit, rest"] = (trial - total("timing/fit_s") - rows["MLflow wait at trial end"]
+                                           - rows["trial start (imports, state, MLflow run)"])
+    # wall time no trial was running on a lane: Ray start/stop, actor scheduling, MLflow server, driver
+    rows["Ray / driver outside trials"] = concurrency * sweep_wall - trial
+    ideal = train / concurrency
+    return {label: {"seconds": s, "of_ideal": s / concurrency / ideal} for label, s in rows.items()}
+
+
+def bytes_per_trial(timings: list[dict], sweep_dir: Path, n: int) -> dict:
+    total = lambda key: sum(float(t.get(key) or 0) for t in timings)  # noqa: E731
+    du = lambda root: sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0  # noqa: E731
+    return {"checkpoint_written": total("checkpoint_bytes") / n, "handed_to_ray": total("ray_checkpoint_bytes") / n,
+            "process_write_bytes": total("process_write_bytes") / n,
+            "trial_dir_on_disk": du(sweep_dir / "trials") / n, "ray_storage_on_disk": du(sweep_dir / "ray") / n}
+
+
 def format_numbers(x: dict) -> str:
     lines = [
         f"sweep wall time                 {x['sweep_wall_s']:8.1f} s  ({x['trials']} trials, "
@@ -126,6 +178,12 @@ def format_numbers(x: dict) -> str:
         f"sum of fit wall (eval included) {x['sum_fit_seconds']:8.1f} s  -> ideal "
         f"{x['sum_fit_seconds'] / x['concurrency']:.1f} s; overhead ratio {x['overhead_vs_fit']:.2f}",
     ]
+    if "breakdown" in x:
+        lines.append(f"breakdown (Σ over trials; fraction of the ideal), load average {x['load_average']}")
+        for label, row in x["breakdown"].items():
+            lines.append(f"  {label:<40} {row['seconds']:8.1f} s  {row['of_ideal']:6.3f}")
+        lines.append(f"  {'total = wall / ideal':<40} {'':8}    {x['overhead_vs_train']:6.3f}")
+        lines.append("bytes per trial: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in x["bytes_per_trial"].items()))
     if "sequential_wall_s" in x:
         lines.append(f"sequential in-process fit       {x['sequential_wall_s']:8.1f} s  "
                      f"({x['sequential_threads']} torch threads); sweep speed-up {x['speedup_vs_sequential']:.2f}x")

@@ -10,6 +10,7 @@ augmentation, masked multi-task losses, uncertainty weighting, EMA). Ratio = tra
         --unfreeze 0.5 --batch 128 --steps 60                  # the GPU target (bf16 on CUDA)
     python benchmarks/throughput.py --backbone resnet18 --image-size 112 --data jpeg --workers 4
     python benchmarks/throughput.py --backbone resnet18 --image-size 112 --data cache
+    python benchmarks/throughput.py --backbone resnet18 --image-size 112 --data cache --data-on-device on
 
 ``--data memory`` (default) feeds the trainer the synthetic world in memory; ``jpeg`` and ``cache``
 write that world once as an AffectNet-format tree (training.csv + JPEGs) and train through the real
@@ -122,6 +123,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
     ap.add_argument("--data", default="memory", choices=["memory", "jpeg", "cache"])
     ap.add_argument("--workers", type=int, default=0, help="data-loading worker processes (jpeg path)")
+    ap.add_argument("--data-on-device", default="off", choices=["auto", "on", "off"],
+                    help="keep the decoded images in device memory (trainers/data/device_resident.py)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,7 +139,8 @@ def main() -> None:
     cfg = TrialConfig.model_validate(dict(
         dataset=dataset, backbone=dict(name=args.backbone, pretrained=False), batch_size=args.batch, epochs=1,
         warmup_epochs=0, unfreeze_fraction=args.unfreeze, max_steps_per_epoch=args.steps, oversample=True,
-        device=args.device, compile=args.compile, eval_batch_size=256, num_workers=args.workers))
+        device=args.device, compile=args.compile, eval_batch_size=256, num_workers=args.workers,
+        data_on_device=args.data_on_device))
     if args.data == "cache":  # build the cache before timing, as `affsweep data cache` would
         from trainers.engine import prepare_data
 
@@ -146,7 +150,7 @@ def main() -> None:
     # the trainer runs first so that the model-only loop cannot benefit from a cold start penalty of its own
     t = trainer(cfg)
     m = model_only(cfg, args.steps)
-    result = {"device": name, "data": args.data, "workers": args.workers,
+    result = {"device": name, "data": args.data, "workers": args.workers, "data_on_device": args.data_on_device,
               "backbone": args.backbone, "image_size": args.image_size, "batch": args.batch,
               "unfreeze_fraction": args.unfreeze, "amp_bf16": device.type == "cuda",
               "trainer_images_per_s": round(t, 1), "model_only_images_per_s": round(m, 1), "ratio": round(t / m, 3)}

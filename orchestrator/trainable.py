@@ -1,10 +1,12 @@
 """The Ray Tune function trainable: one trial = one call of ``trainers.engine.fit``.
 
-``fit`` checkpoints atomically after each epoch; its ``report`` hook hands that directory to
-``tune.report(metrics, checkpoint=Checkpoint.from_directory(...))`` and logs the epoch to the trial's
-MLflow run. When Ray retries a failed trial (``FailureConfig``), ``tune.get_checkpoint()`` is the last
-reported checkpoint and ``fit`` resumes from it; when a later ``affsweep run`` re-plans an interrupted
-trial, ``fit`` resumes from ``trials/<id>/checkpoints/last.pt`` in the trial directory by itself.
+``fit`` checkpoints atomically after each epoch into ``trials/<id>/checkpoints/last.pt``; its
+``report`` hook sends the epoch's metrics to ``tune.report`` WITHOUT a checkpoint and logs the epoch to
+the trial's MLflow run. The trial directory is the one checkpoint: Ray 2.x copies every reported
+``Checkpoint`` into its storage (``StorageContext.persist_current_checkpoint``), which would write each
+checkpoint twice, and the trial directory must be on storage every node reaches anyway (the driver
+reads ``result.json`` there). When Ray retries a failed trial (``FailureConfig``), or a later
+``affsweep run`` re-plans an interrupted one, ``fit`` resumes from ``last.pt`` by itself.
 
 Test-only fault injection: the driver copies ``AFFSWEEP_FAIL_TRIALS=<trial_id>:<n>[,...]`` into the
 trial's config as ``inject_failures``; the trial then raises after its first epoch's report in its
@@ -40,6 +42,7 @@ FLUSH_TIMEOUT = float(os.environ.get("AFFSWEEP_MLFLOW_FLUSH_TIMEOUT", "600"))  #
 def train_trial(config: dict, tracking_uri: str) -> None:
     """One trial. ``tracking_uri`` comes through ``tune.with_parameters`` (Ray's object store), not the
     config, so a URI with credentials never lands in Ray's params.json."""
+    entered = time.perf_counter()  # timing.json: the trial's imports and set-up count as its time
     import ray
     from mlflow.tracking import MlflowClient
 
@@ -73,6 +76,8 @@ def train_trial(config: dict, tracking_uri: str) -> None:
             logged.add(epoch)
 
     reported: list[int] = []
+    timing = {"t_start": time.time(), "io_start": _io_written(), "timing/ray_report_s": 0.0,
+              "ray_checkpoint_bytes": 0, "timing/trial_start_s": time.perf_counter() - entered}
 
     def report(epoch: int, metrics: dict, checkpoint_dir: Path) -> None:
         if not reported:  # > 1 when this attempt resumed from a checkpoint
@@ -84,7 +89,9 @@ def train_trial(config: dict, tracking_uri: str) -> None:
         first = ("epoch", "p_mtl", "expr_f1", "va_ccc", "au_f1")  # the order Tune's table shows them in
         numeric = {k: float(metrics[k]) for k in first if tracking._is_number(metrics.get(k))}
         numeric.update({k: float(v) for k, v in metrics.items() if k not in numeric and tracking._is_number(v)})
-        tune.report(numeric, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        t0 = time.perf_counter()
+        tune.report(numeric)  # no checkpoint: Ray would copy it (see the module docstring)
+        timing["timing/ray_report_s"] += time.perf_counter() - t0
         if attempt <= fail_times:
             raise InjectedFailure(f"injected failure of trial {cfg.trial_id} after epoch {epoch} "
                                   f"(attempt {attempt} of the {fail_times} that fail)")
@@ -111,9 +118,31 @@ def train_trial(config: dict, tracking_uri: str) -> None:
             **t["axes"], **metrics}
     record.write_json(tdir / "result.json", full)
     mlflow_log.submit(tracking.log_trial_result, tdir, full, result.history)
+    t0 = time.perf_counter()
     delivered = mlflow_log.close(timeout=FLUSH_TIMEOUT)
+    write_timing(tdir, result.timing, timing, mlflow_wait=time.perf_counter() - t0, trial=time.perf_counter() - entered)
     record.update_state(tdir, status="done", error=None, fit_seconds=time.perf_counter() - started,
                         mlflow_retries=mlflow_log.failed_writes, mlflow_delivered=delivered)
+
+
+def _io_written() -> int | None:
+    """Bytes this process has caused to be written to storage so far (Linux /proc), or None."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def write_timing(tdir: Path, fit_timing: dict, timing: dict, mlflow_wait: float, trial: float) -> None:
+    """timing.json: fit's phases plus what the trainable spent around them (Ray's report, MLflow)."""
+    io_start, io_end = timing.pop("io_start"), _io_written()
+    out = {**fit_timing, **timing, "t_end": time.time(), "timing/mlflow_wait_s": mlflow_wait,
+           "timing/trial_s": trial,
+           "process_write_bytes": None if io_start is None or io_end is None else io_end - io_start}
+    record.write_json(tdir / "timing.json", out)
 
 
 def _start_attempt(client, run_id: str, attempt: int, node_id: str, hostname: str) -> None:

@@ -43,6 +43,7 @@ base:
   unfreeze_fraction: 1.0
   encoder_lr_factor: 1.0
   eval_batch_size: 128
+  eval_every: 1  # evaluate every epoch: the exactly-once checks follow p_mtl through every epoch
 grid:
 {grid}
 resources: {{cpu: 1}}

@@ -37,6 +37,7 @@ base:
   warmup_epochs: 0
   unfreeze_fraction: 1.0
   eval_batch_size: 128
+  eval_every: 1  # evaluate every epoch: p_mtl is followed through every epoch below
 grid:
   seed: {seeds}
   method.cost: [none, circumplex]

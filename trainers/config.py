@@ -158,8 +158,14 @@ class TrialConfig(_Strict):
     amp: bool = True                                  # bf16 autocast on CUDA
     channels_last: bool = True                        # on CUDA
     compile: bool = False                             # torch.compile the model (CUDA)
+    # how often, not what: the final metrics do not depend on these (evaluation has no side effects)
+    eval_every: int | None = Field(None, ge=1)        # also evaluate every k-th epoch; None: the last only
+    keep_optimizer: bool = False                      # a finished trial keeps its optimiser state (to train on)
+    data_on_device: Literal["auto", "on", "off"] = "auto"  # decoded images kept in device memory
+    # (auto: on CUDA when they fit; trainers/data/device_resident.py)
 
-    PLACEMENT_FIELDS: ClassVar[tuple[str, ...]] = ("device", "num_workers", "amp", "channels_last", "compile")
+    PLACEMENT_FIELDS: ClassVar[tuple[str, ...]] = ("device", "num_workers", "amp", "channels_last", "compile",
+                                                   "eval_every", "keep_optimizer", "data_on_device")
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the experiment (no paths, no placement)."""

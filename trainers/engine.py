@@ -24,6 +24,7 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from trainers.config import TrialConfig
+from trainers.data.device_resident import DeviceImages, device_resident, iterate_device_batches
 from trainers.data.labels import AU_NAMES
 from trainers.data.pipeline import (
     ImageStore,
@@ -70,6 +71,31 @@ class TrialResult:
     metrics: dict
     trial_dir: Path
     history: list[dict] = field(default_factory=list)
+    timing: dict = field(default_factory=dict)
+
+
+TIMING = "timing.json"  # this attempt's phase wall times and bytes written (benchmarks/sweep_overhead.py)
+
+
+class PhaseTimes(dict):
+    """Wall seconds per phase of one attempt (``timing/<phase>_s``) and checkpoint bytes written.
+    Kept out of result.json: timings differ between identical trials, metrics must not."""
+
+    def add(self, phase: str, seconds: float) -> None:
+        key = f"timing/{phase}_s"
+        self[key] = self.get(key, 0.0) + seconds
+
+    def phase(self, name: str):
+        times = self
+
+        class _Span:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                times.add(name, time.perf_counter() - self.t0)
+
+        return _Span()
 
 
 def backbone_kwargs(cfg: TrialConfig) -> dict:
@@ -94,8 +120,21 @@ def _cached_splits(dataset_json: str):
     return load_split(ds, "train"), load_split(ds, "val")
 
 
+@lru_cache(maxsize=4)
+def _cached_images(dataset_json: str) -> tuple[ImageStore, ImageStore]:
+    """One decoded copy of a dataset's images per process, whichever trials of it the process runs
+    (label noise changes labels, never images)."""
+    from trainers.config import DatasetConfig
+
+    train, val = _cached_splits(dataset_json)
+    ds = DatasetConfig.model_validate_json(dataset_json)
+    return (ImageStore(train, ds.image_size, ds.cache_dir, ds.cache),
+            ImageStore(val, ds.image_size, ds.cache_dir, ds.cache))
+
+
 def prepare_data(cfg: TrialConfig) -> TrialData:
-    distributed, val = _cached_splits(cfg.dataset.model_dump_json())
+    dataset_json = cfg.dataset.model_dump_json()
+    distributed, val = _cached_splits(dataset_json)
     # flips only to the classes the dataset has (RAF-DB: its 7, METHODS §9)
     train = apply_label_noise(distributed, cfg.label_noise.rate, cfg.label_noise.seed,
                               cfg.label_space.scored_classes)
@@ -104,14 +143,25 @@ def prepare_data(cfg: TrialConfig) -> TrialData:
         from trainers.geometry import estimate_geometry
 
         true_geometry = estimate_geometry(distributed, cfg.label_space)
-    ds = cfg.dataset
+    train_images, val_images = _cached_images(dataset_json)
     return TrialData(
         distributed_index=distributed, true_geometry=true_geometry,
-        train_index=train, val_index=val,
-        train_images=ImageStore(train, ds.image_size, ds.cache_dir, ds.cache),
-        val_images=ImageStore(val, ds.image_size, ds.cache_dir, ds.cache),
+        train_index=train, val_index=val, train_images=train_images, val_images=val_images,
         train_labels=LabelTensors.from_index(train), val_labels=LabelTensors.from_index(val),
     )
+
+
+def on_device(data: TrialData, cfg: TrialConfig, device: torch.device) -> TrialData:
+    """``data`` with its images in device memory when ``cfg.data_on_device`` asks and they fit."""
+    import dataclasses
+    import sys
+
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    train = device_resident(data.train_images, cfg.data_on_device, device, say)
+    val = device_resident(data.val_images, cfg.data_on_device, device, say) if train is not None else None
+    if train is None or val is None:
+        return data
+    return dataclasses.replace(data, train_images=train, val_images=val)
 
 
 def method_context(cfg: TrialConfig, data: TrialData, device: torch.device) -> MethodContext:
@@ -134,7 +184,21 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
         progress: bool = True, resume_from: str | Path | None = None) -> TrialResult:
     """Train one trial and write its directory (DESIGN "One trial"). ``report(epoch, metrics,
     checkpoint_dir)`` is called after each epoch's checkpoint (Ray Tune's hook)."""
+    steps = fit_steps(cfg, trial_dir, report, progress, resume_from)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def fit_steps(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Path], None] | None = None,
+              progress: bool = True, resume_from: str | Path | None = None):
+    """``fit`` as a generator that yields after every optimisation step and returns the TrialResult:
+    ``trainers.packed`` interleaves the steps of several trials in one process this way."""
     # --- set up ----------------------------------------------------------------------------
+    t_fit = time.perf_counter()
+    timing = PhaseTimes()
     trial_dir = Path(trial_dir)
     ckpt_dir = trial_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +206,9 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
     cuda = device.type == "cuda"
     if not cuda:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    data = prepare_data(cfg)
+    with timing.phase("data"):
+        data = prepare_data(cfg)
+        data = on_device(data, cfg, device)
     ctx = method_context(cfg, data, device)
     m = cfg.method
     torch.manual_seed(cfg.seed)  # the seed fixes the initialisation of everything seeded
@@ -175,9 +241,10 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
         state = torch.load(resume_file, map_location=device, weights_only=False)
         if state["trial_id"] != cfg.trial_id:
             raise RuntimeError(f"{resume_file}: checkpoint belongs to trial {state['trial_id']}, not {cfg.trial_id}")
-        model.load_state_dict(state["model"])
+        if "model" in state:  # absent from a finished trial's checkpoint: nothing left to train
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
         weighting.load_state_dict(state["weighting"])
         method.modules.load_state_dict(state["method_modules"])
         method.load_state_dict(state["method_state"])
@@ -193,6 +260,7 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
     steps_per_epoch = max(1, n_train // cfg.batch_size)  # full batches only: BatchNorm cannot take one frame
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    timing.add("setup", time.perf_counter() - t_fit - timing["timing/data_s"])
     bar = tqdm(total=(cfg.epochs - start + 1) * steps_per_epoch, disable=not progress, desc=cfg.trial_id,
                unit="batch", leave=False)
 
@@ -215,9 +283,12 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
         state = StepState(epoch=epoch, step=step, epochs=cfg.epochs)
         sums: dict = {}
         counts: dict[str, int] = {}
-        t0 = time.perf_counter()
-        batches = iterate_batches(data.train_images, order, cfg.batch_size, steps_per_epoch, cfg.num_workers,
-                                  pin_memory=cuda)
+        t0, paused = time.perf_counter(), 0.0
+        if isinstance(data.train_images, DeviceImages):  # gathered on the device: no loader, no copies
+            batches = iterate_device_batches(data.train_images, order, cfg.batch_size, steps_per_epoch)
+        else:
+            batches = iterate_batches(data.train_images, order, cfg.batch_size, steps_per_epoch, cfg.num_workers,
+                                      pin_memory=cuda)
         for b, (idx, images) in enumerate(batches):
             idx = np.asarray(idx)
             images = images.to(device, non_blocking=True)
@@ -248,36 +319,54 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
                 counts[k] = counts.get(k, 0) + 1
             images_seen += len(idx)
             bar.update(1)
-        train_seconds += time.perf_counter() - t0
-        epoch_metrics = {f"train/{k}": float(v) / counts[k] for k, v in sums.items()}
-        epoch_metrics.update(method.on_epoch_end(
-            model, lambda: iterate_outputs(model, data.train_images, cfg, backbone, device), state))
+            t_yield = time.perf_counter()
+            yield step
+            paused += time.perf_counter() - t_yield  # another packed trial's step: not this trial's time
+        timing.add("paused", paused)
+        train_seconds += time.perf_counter() - t0 - paused
+        timing.add("train", time.perf_counter() - t0 - paused)
+        with timing.phase("epoch_end"):
+            epoch_metrics = {f"train/{k}": float(v) / counts[k] for k, v in sums.items()}
+            epoch_metrics.update(method.on_epoch_end(
+                model, lambda: iterate_outputs(model, data.train_images, cfg, backbone, device), state))
 
-        # --- evaluate (the EMA weights, METHODS §2) -------------------------------------------
-        recalibrate_batchnorm(ema.module, data.train_images, order, cfg, backbone, device)
-        evaluation = evaluate(ema.module, method, data, cfg, backbone, device, ctx)
-        epoch_metrics.update({k: v for k, v in evaluation.metrics.items() if not isinstance(v, str)})
+        # --- evaluate (the EMA weights, METHODS §2) on the epochs the schedule keeps --------------
+        if evaluates(cfg, epoch):
+            evaluation = evaluate_ema(ema.module, method, data, order, cfg, backbone, device, ctx, timing)
+            epoch_metrics.update({k: v for k, v in evaluation.metrics.items() if not isinstance(v, str)})
         epoch_metrics["epoch"] = epoch
         history.append(epoch_metrics)
 
         # --- checkpoint (atomic: a kill mid-write never leaves a corrupt "last") -----------------
+        t_ckpt = time.perf_counter()
         tmp = ckpt_dir / (CHECKPOINT + ".tmp")
+        # a finished trial keeps the evaluated (EMA) weights; the raw weights and the optimiser state
+        # only serve to train on, and are dropped unless keep_optimizer (then it stays resumable)
+        final_epoch = epoch == cfg.epochs and not cfg.keep_optimizer
         torch.save({
             "trial_id": cfg.trial_id, "epoch": epoch, "step": step, "history": history,
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            **({} if final_epoch else {"model": model.state_dict(), "optimizer": optimizer.state_dict()}),
+            "ema": ema.state_dict(),
             "weighting": weighting.state_dict(), "method_modules": method.modules.state_dict(),
             "method_state": method.state_dict(), "train_seconds": train_seconds, "images_seen": images_seen,
             "order_hash": first_order,
         }, tmp)
+        timing["checkpoint_bytes"] = timing.get("checkpoint_bytes", 0) + tmp.stat().st_size
         os.replace(tmp, ckpt_dir / CHECKPOINT)
+        timing.add("checkpoint", time.perf_counter() - t_ckpt)
         if report is not None:
-            report(epoch, epoch_metrics, ckpt_dir)
+            with timing.phase("report"):
+                report(epoch, epoch_metrics, ckpt_dir)
     bar.close()
 
     # --- final result --------------------------------------------------------------------------
     # resumed from the last epoch's checkpoint (killed before result.json): evaluate the restored EMA
     ran_an_epoch = start <= cfg.epochs
-    final = evaluation if ran_an_epoch else evaluate(ema.module, method, data, cfg, backbone, device, ctx)
+    t_final = time.perf_counter()
+    if not ran_an_epoch:
+        last_order = epoch_order(n_train, cfg.seed, cfg.epochs, sample_weights)
+        evaluation = evaluate_ema(ema.module, method, data, last_order, cfg, backbone, device, ctx, timing)
+    final = evaluation
     metrics = {**final.metrics, "epochs": cfg.epochs, "train_seconds": train_seconds,
                "images_per_second": images_seen / train_seconds if train_seconds > 0 else float("nan"),
                "data_order_hash": world_hash, "sample_order_hash": first_order, "sampling": sampling,
@@ -288,7 +377,10 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
                                               "matrix": final.confusion.tolist()})
     write_json(trial_dir / "circumplex.json", circumplex_record(ctx, method, data.true_geometry))
     write_json(trial_dir / "history.json", history)
-    return TrialResult(metrics=result, trial_dir=trial_dir, history=history)
+    timing.add("final", time.perf_counter() - t_final)
+    timing.add("fit", time.perf_counter() - t_fit - timing.get("timing/paused_s", 0.0))
+    write_json(trial_dir / TIMING, dict(timing))
+    return TrialResult(metrics=result, trial_dir=trial_dir, history=history, timing=dict(timing))
 
 
 def freeze_batchnorm_statistics(model: torch.nn.Module) -> None:
@@ -305,6 +397,24 @@ def freeze_batchnorm_statistics(model: torch.nn.Module) -> None:
 class Evaluation:
     metrics: dict
     confusion: np.ndarray
+
+
+def evaluates(cfg: TrialConfig, epoch: int) -> bool:
+    """The epochs whose evaluation is kept: the last, and every ``eval_every``-th when set. Tune's
+    ``report`` needs no evaluation (non-evaluated epochs report their training metrics), nor do
+    retries (they resume from the checkpoint, which every epoch writes)."""
+    return epoch == cfg.epochs or (cfg.eval_every is not None and epoch % cfg.eval_every == 0)
+
+
+def evaluate_ema(model, method, data: TrialData, order: np.ndarray, cfg: TrialConfig, backbone, device, ctx,
+                 timing: PhaseTimes) -> Evaluation:
+    """BatchNorm re-estimated on this epoch's first training batches, then the validation metrics.
+    ``update_bn`` resets the running statistics before re-estimating them, so an evaluation depends
+    only on the EMA's parameters: how often a trial is evaluated never changes its final metrics."""
+    with timing.phase("bn_recalibration"):
+        recalibrate_batchnorm(model, data.train_images, order, cfg, backbone, device)
+    with timing.phase("eval"):
+        return evaluate(model, method, data, cfg, backbone, device, ctx)
 
 
 @torch.no_grad()
@@ -361,12 +471,12 @@ def evaluate(model, method, data: TrialData, cfg: TrialConfig, backbone, device,
     from trainers.geometry import representational_similarity
 
     va, probs, au, feats = [], [], [], []
-    for _, out in iterate_outputs(model, data.val_images, cfg, backbone, device):
-        va.append(out["va"].float().cpu())
-        probs.append(method.expr_probabilities(out).float().cpu())
-        au.append(out["au"].float().cpu())
-        feats.append(out["feat"].float().cpu())
-    va, probs, au, feats = (torch.cat(t).numpy() for t in (va, probs, au, feats))
+    for _, out in iterate_outputs(model, data.val_images, cfg, backbone, device):  # kept on the device:
+        va.append(out["va"].float())                                              # one host copy at the end
+        probs.append(method.expr_probabilities(out).float())
+        au.append(out["au"].float())
+        feats.append(out["feat"].float())
+    va, probs, au, feats = (torch.cat(t).cpu().numpy() for t in (va, probs, au, feats))
     labels, space = data.val_labels, cfg.label_space
     metrics: dict = {}
     names = space.class_names

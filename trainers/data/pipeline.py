@@ -57,10 +57,10 @@ def load_split(ds, split: str) -> pd.DataFrame:
 
 def _load_split(ds, split: str) -> pd.DataFrame:
     if ds.name == "synthetic":
-        from trainers.data.synthetic import synthetic
+        from trainers.data.world_cache import shared_synthetic  # drawn once per node
 
-        world = synthetic(ds.preset, n=ds.n, seed=ds.seed, image_size=ds.image_size,
-                          separability=ds.separability)
+        world = shared_synthetic(ds.preset, n=ds.n, seed=ds.seed, image_size=ds.image_size,
+                                 separability=ds.separability)
         train, val = group_split(world, ds.val_fraction, seed=ds.seed)
         return train if split == "train" else val
     from trainers.data.registry import get_dataset
