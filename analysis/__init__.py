@@ -3,6 +3,7 @@
 Modules (import what you need; this package imports nothing heavy by itself):
 ``paired`` (exact sign-flip test, Holm, bootstrap CI), ``errors`` (error-structure metrics),
 ``plan`` (the sweep YAML's ``analysis:`` block), ``results`` (loading), ``pairing`` and
-``contrasts`` (matched-seed comparisons), ``isolation``, ``study`` (everything computed for a
+``contrasts`` (matched-seed comparisons), ``hypotheses`` (the declared hypotheses: tested, Holm per
+family, decided), ``isolation``, ``study`` (everything computed for a
 report), ``tables``, ``figures``, ``report`` (``run_analysis``, ``affsweep analyze``), ``demo``.
 """

@@ -1,21 +1,20 @@
-"""Paired comparisons of matched trials: one result per contrast x stratum x metric.
+"""Paired comparisons of matched trials: one result per contrast x stratum x metric (exploratory;
+the declared hypotheses are tested in :mod:`analysis.hypotheses`).
 
 :func:`compare_contrast` pairs the trials (:mod:`analysis.pairing`) and, for every stratum and
 metric, runs the exact sign-flip test and the bootstrap CI (:mod:`analysis.paired`) on the paired
-differences ``A - B``. :func:`apply_holm` adjusts a family of comparisons (the plan's secondary
-contrasts). Tables and figures only read these results.
+differences ``A - B``. Tables and figures only read these results.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from analysis.paired import ConfidenceInterval, PairedTestResult, bootstrap_ci, holm, paired_permutation_test
+from analysis.paired import ConfidenceInterval, PairedTestResult, bootstrap_ci, paired_permutation_test
 from analysis.pairing import Contrast, Items, Pairing, pair_trials, stratum_label
 
 __all__ = [
@@ -23,7 +22,6 @@ __all__ = [
     "ContrastResult",
     "MetricComparison",
     "SampleStats",
-    "apply_holm",
     "compare_contrast",
     "describe",
 ]
@@ -66,7 +64,6 @@ class MetricComparison:
     ci: ConfidenceInterval
     n_improved: int
     n_missing: int  # matched pairs left out because the metric is NaN on either side
-    holm_pvalue: float = float("nan")
 
     @property
     def differences(self) -> np.ndarray:
@@ -152,15 +149,3 @@ def compare_contrast(frame: pd.DataFrame, contrast: Contrast, axes: Iterable[str
             if result is not None:
                 comparisons.append(result)
     return ContrastResult(pairing, tuple(comparisons))
-
-
-def apply_holm(results: Sequence[ContrastResult]) -> tuple[ContrastResult, ...]:
-    """Holm-adjust every comparison of ``results`` as one family; returns new results."""
-    flat = [c for r in results for c in r.comparisons]
-    adjusted = holm([c.pvalue for c in flat]) if flat else np.array([])
-    it = iter(adjusted)
-    return tuple(
-        dataclasses.replace(r, comparisons=tuple(dataclasses.replace(c, holm_pvalue=float(next(it)))
-                                                 for c in r.comparisons))
-        for r in results
-    )

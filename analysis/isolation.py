@@ -2,7 +2,9 @@
 
 Spearman rho between each class's isolation ``iso_k = min_{j!=k} C_kj`` and its mean F1 change
 over seeds, with a two-sided permutation p over class labels. Several datasets are combined by
-pooling their classes and permuting labels only within each dataset.
+ranking within each dataset (their ΔF1 scales differ about sixfold), pooling the centred ranks and
+permuting labels only within each dataset; the combined test is one-sided in the predicted
+direction (rho > 0) when the plan says so (METHODS §7).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class CorrelationResult:
     n: int
     n_permutations: int
     exact: bool
+    alternative: str = "two-sided"
 
 
 @functools.lru_cache(maxsize=16)
@@ -45,14 +48,19 @@ def _group_permutations(members: np.ndarray, rng, n_resamples: int | None) -> np
 
 
 def spearman_permutation_test(x, y, groups=None, *, n_resamples: int = 10_000, seed: int = 0,
-                              max_exact: int = MAX_EXACT_PERMUTATIONS) -> CorrelationResult:
+                              max_exact: int = MAX_EXACT_PERMUTATIONS, alternative: str = "two-sided",
+                              rank_within_groups: bool = False) -> CorrelationResult:
     """Spearman rho of ``x`` and ``y``; p from permuting ``y`` across labels (within ``groups``).
 
     All permutations are enumerated when their number (``prod(k_g!)``) is at most ``max_exact``;
     otherwise ``n_resamples`` random ones are drawn and ``p = (count + 1) / (n_resamples + 1)``.
-    Two-sided p is ``2 * min(P(rho* <= rho), P(rho* >= rho))`` capped at 1, as in
-    ``scipy.stats.permutation_test``. Ranks are average ranks over all pooled values.
+    Two-sided p is ``2 * min(P(rho* <= rho), P(rho* >= rho))`` capped at 1, ``greater`` is
+    ``P(rho* >= rho)`` and ``less`` ``P(rho* <= rho)``, as in ``scipy.stats.permutation_test``.
+    Ranks are average ranks over all pooled values, or, with ``rank_within_groups``, average ranks
+    within each group centred on the group's mean rank (each dataset on its own scale).
     """
+    if alternative not in ("two-sided", "greater", "less"):
+        raise ValueError(f"alternative must be two-sided, greater or less, got {alternative!r}")
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
@@ -64,14 +72,21 @@ def spearman_permutation_test(x, y, groups=None, *, n_resamples: int = 10_000, s
     nan = float("nan")
     if n < 3:
         return CorrelationResult(nan, nan, n, 0, True)
-    rx = rankdata(x) - (n + 1) / 2.0
-    ry = rankdata(y) - (n + 1) / 2.0
+    labels = [np.flatnonzero(groups == g) for g in dict.fromkeys(groups.tolist())]
+    if rank_within_groups:
+        rx, ry = np.empty(n), np.empty(n)
+        for members in labels:
+            k = members.size
+            rx[members] = rankdata(x[members]) - (k + 1) / 2.0
+            ry[members] = rankdata(y[members]) - (k + 1) / 2.0
+    else:
+        rx = rankdata(x) - (n + 1) / 2.0
+        ry = rankdata(y) - (n + 1) / 2.0
     denominator = math.sqrt(float(rx @ rx) * float(ry @ ry))
     if denominator == 0:  # constant ranks: rho undefined
         return CorrelationResult(nan, nan, n, 0, True)
     observed = float(rx @ ry) / denominator
 
-    labels = [np.flatnonzero(groups == g) for g in dict.fromkeys(groups.tolist())]
     n_total = math.prod(math.factorial(m.size) for m in labels)
     exact = n_total <= max_exact
     rng = np.random.default_rng(seed)
@@ -91,8 +106,10 @@ def spearman_permutation_test(x, y, groups=None, *, n_resamples: int = 10_000, s
     tolerance = 1e-12 * max(1.0, abs(observed))
     less = np.count_nonzero(null <= observed + tolerance)
     greater = np.count_nonzero(null >= observed - tolerance)
+    count = {"two-sided": min(less, greater), "greater": greater, "less": less}[alternative]
+    tails = 2.0 if alternative == "two-sided" else 1.0
     if exact:
-        pvalue = 2.0 * min(less, greater) / null.size
+        pvalue = tails * count / null.size
     else:
-        pvalue = 2.0 * (min(less, greater) + 1) / (null.size + 1)
-    return CorrelationResult(observed, float(min(1.0, pvalue)), n, int(null.size), bool(exact))
+        pvalue = tails * (count + 1) / (null.size + 1)
+    return CorrelationResult(observed, float(min(1.0, pvalue)), n, int(null.size), bool(exact), alternative)

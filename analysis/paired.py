@@ -2,12 +2,14 @@
 
 Pure functions of arrays returning small frozen results, in the manner of ``scipy.stats``:
 
-- :func:`paired_permutation_test` — exact two-sided sign-flip test on the mean paired difference,
-  enumerating all ``2**n`` sign assignments;
+- :func:`paired_permutation_test` — exact sign-flip test on the mean paired difference,
+  enumerating all ``2**n`` sign assignments; two-sided by default, one-sided (``greater`` /
+  ``less``, in scipy's spelling) when a hypothesis declares a direction;
 - :func:`holm` — Holm step-down adjustment of a family of p-values;
 - :func:`bootstrap_ci` — percentile bootstrap confidence interval of the mean paired difference;
-- :func:`min_attainable_pvalue` — the floor ``2 / 2**n`` of the exact test, which decides whether a
-  design with ``n`` seeds can reach ``alpha`` at all.
+- :func:`min_attainable_pvalue` — the floor of the exact test, ``2**(z+1) / 2**n`` two-sided with
+  ``z`` zero differences among ``n`` (half that one-sided), which decides whether a design can reach
+  its threshold at all. The one owner of that fact: the dry run and the report call it.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import numpy as np
 
 __all__ = [
     "ConfidenceInterval",
+    "ALTERNATIVES",
     "DesignCannotReachAlpha",
     "PairedTestResult",
     "bootstrap_ci",
     "holm",
     "min_attainable_pvalue",
     "paired_permutation_test",
+    "seeds_needed",
     "warn_if_alpha_unreachable",
 ]
 
@@ -35,6 +39,8 @@ __all__ = [
 MAX_EXACT_N = 40
 # Sign assignments whose |sum| equals the observed one up to float rounding count as ties (>=).
 _RTOL = 1e-9
+# scipy.stats' spelling of the direction of a test: A - B != 0, A - B > 0, A - B < 0
+ALTERNATIVES = ("two-sided", "greater", "less")
 
 
 class DesignCannotReachAlpha(UserWarning):
@@ -50,12 +56,13 @@ class ConfidenceInterval(NamedTuple):
 
 @dataclass(frozen=True)
 class PairedTestResult:
-    """Exact two-sided paired sign-flip test of ``mean(a - b) == 0``.
+    """Exact paired sign-flip test of ``mean(a - b) == 0``.
 
     ``statistic`` is the mean paired difference ``a - b``; ``pvalue`` the fraction of the ``2**n``
-    sign assignments whose ``|mean(s * d)|`` reaches the observed ``|mean(d)|``; ``min_pvalue`` the
-    floor ``2 / 2**n`` the design can reach; ``n_positive``/``n_negative`` count pairs with
-    ``a > b`` / ``a < b``.
+    sign assignments at least as extreme as the observed one (``|mean(s*d)| >= |mean(d)|``
+    two-sided, ``mean(s*d) >= mean(d)`` for ``greater``, ``<=`` for ``less``); ``min_pvalue`` the
+    floor the observed differences can reach (zeros do not flip: :func:`min_attainable_pvalue`);
+    ``n_positive``/``n_negative``/``n_zero`` count pairs with ``a > b`` / ``a < b`` / ``a == b``.
     """
 
     statistic: float
@@ -65,6 +72,8 @@ class PairedTestResult:
     n_positive: int
     n_negative: int
     alpha: float = 0.05
+    alternative: str = "two-sided"
+    n_zero: int = 0
 
     @property
     def can_reach_alpha(self) -> bool:
@@ -76,18 +85,30 @@ class PairedTestResult:
         return bool(np.isfinite(self.pvalue) and self.pvalue <= self.alpha)
 
 
-def min_attainable_pvalue(n: int) -> float:
-    """Smallest two-sided p-value of the exact sign-flip test with ``n`` pairs: ``2 / 2**n``.
+def min_attainable_pvalue(n: int, n_zero: int = 0, alternative: str = "two-sided") -> float:
+    """Smallest p-value the exact sign-flip test can return with ``n`` pairs, ``n_zero`` of them zero.
 
-    Only the observed assignment and its mirror image can reach a maximal ``|mean|``; with
-    ``n = 6`` this is ``2/64 = 0.03125`` (the study's "0.031"). ``n = 0`` returns NaN.
+    Only assignments that give every non-zero difference the same sign reach the maximal
+    ``|sum|``; a zero difference flips to itself, so each zero doubles their number:
+    two-sided ``2**(z+1) / 2**n``, one-sided ``2**z / 2**n`` (METHODS §7). With ``n = 6`` and no
+    zeros this is ``2/64 = 0.03125`` (the study's "0.031"); one zero among six gives ``0.0625``.
+    At a dry run only ``n`` is known (``n_zero = 0``: the best case). ``n = 0`` returns NaN.
     """
-    n = int(n)
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    n, n_zero = int(n), int(n_zero)
+    if n < 0 or not 0 <= n_zero <= n:
+        raise ValueError(f"need n >= 0 and 0 <= n_zero <= n, got n={n}, n_zero={n_zero}")
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
     if n == 0:
         return float("nan")
-    return float(min(1.0, 2.0 / 2.0**n))
+    free = n - n_zero  # differences whose sign a flip changes
+    tails = 2.0 if alternative == "two-sided" else 1.0
+    return float(min(1.0, tails / 2.0**free))
+
+
+def seeds_needed(alpha: float, alternative: str = "two-sided") -> int:
+    """Fewest non-zero paired differences whose exact floor is <= ``alpha``."""
+    return next(k for k in range(1, 200) if min_attainable_pvalue(k, 0, alternative) <= alpha)
 
 
 def _subset_sums(values: np.ndarray) -> np.ndarray:
@@ -113,6 +134,14 @@ def _count_at_least(d: np.ndarray, threshold: float) -> int:
     return int(n_ge.sum() + n_le.sum())
 
 
+def _count_greater_equal(d: np.ndarray, threshold: float) -> int:
+    """#{s in {-1,+1}^n : sum(s*d) >= threshold}, exactly (meet in the middle as above)."""
+    half = len(d) // 2
+    left = _subset_sums(d[:half])
+    right = np.sort(_subset_sums(d[half:]))
+    return int((right.size - np.searchsorted(right, threshold - left, side="left")).sum())
+
+
 def _as_pairs(a, b, nan_policy: str) -> np.ndarray:
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
@@ -132,8 +161,9 @@ def _as_pairs(a, b, nan_policy: str) -> np.ndarray:
     return d
 
 
-def paired_permutation_test(a, b, *, alpha: float = 0.05, nan_policy: str = "raise") -> PairedTestResult:
-    """Exact two-sided paired permutation (sign-flip) test on the mean difference ``a - b``.
+def paired_permutation_test(a, b, *, alpha: float = 0.05, nan_policy: str = "raise",
+                            alternative: str = "two-sided") -> PairedTestResult:
+    """Exact paired permutation (sign-flip) test on the mean difference ``a - b``.
 
     Parameters
     ----------
@@ -143,35 +173,47 @@ def paired_permutation_test(a, b, *, alpha: float = 0.05, nan_policy: str = "rai
         Level used only for :attr:`PairedTestResult.can_reach_alpha` and ``significant``.
     nan_policy : {"raise", "omit"}
         What to do with pairs in which either value is NaN.
+    alternative : {"two-sided", "greater", "less"}
+        ``greater``: the hypothesis is ``mean(a - b) > 0``; ``less``: ``< 0`` (scipy's spelling).
 
     Returns
     -------
     PairedTestResult
-        ``p = #{s : |mean(s*d)| >= |mean(d)|} / 2**n`` over all ``s`` in {-1,+1}^n (METHODS §7);
-        this equals ``scipy.stats.permutation_test(..., permutation_type="samples",
-        n_resamples=np.inf)`` with the statistic ``mean(x - y)``. ``n = 0`` gives NaN.
+        Two-sided ``p = #{s : |mean(s*d)| >= |mean(d)|} / 2**n`` over all ``s`` in {-1,+1}^n
+        (METHODS §7); one-sided ``#{s : mean(s*d) >= mean(d)} / 2**n`` (``greater``, mirrored for
+        ``less``). Equals ``scipy.stats.permutation_test(..., permutation_type="samples",
+        n_resamples=np.inf, alternative=alternative)`` with the statistic ``mean(x - y)``.
+        ``n = 0`` gives NaN.
     """
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
     d = _as_pairs(a, b, nan_policy)
     n = int(d.size)
     if n > MAX_EXACT_N:
         raise ValueError(f"exact sign-flip enumeration supports at most {MAX_EXACT_N} pairs, got {n}")
     if n == 0:
-        return PairedTestResult(float("nan"), float("nan"), 0, float("nan"), 0, 0, alpha)
-    observed = abs(float(d.sum()))
+        return PairedTestResult(float("nan"), float("nan"), 0, float("nan"), 0, 0, alpha, alternative, 0)
     tolerance = _RTOL * float(np.abs(d).sum())
-    threshold = observed - tolerance
-    if threshold <= 0:  # mean difference is zero: every assignment is at least as extreme
-        pvalue = 1.0
+    if alternative == "two-sided":
+        threshold = abs(float(d.sum())) - tolerance
+        if threshold <= 0:  # mean difference is zero: every assignment is at least as extreme
+            pvalue = 1.0
+        else:
+            pvalue = min(1.0, _count_at_least(d, threshold) / 2.0**n)
     else:
-        pvalue = min(1.0, _count_at_least(d, threshold) / 2.0**n)
+        oriented = d if alternative == "greater" else -d
+        pvalue = min(1.0, _count_greater_equal(oriented, float(oriented.sum()) - tolerance) / 2.0**n)
+    n_zero = int((d == 0).sum())
     return PairedTestResult(
         statistic=float(d.mean()),
         pvalue=float(pvalue),
         n=n,
-        min_pvalue=min_attainable_pvalue(n),
+        min_pvalue=min_attainable_pvalue(n, n_zero, alternative),
         n_positive=int((d > 0).sum()),
         n_negative=int((d < 0).sum()),
         alpha=float(alpha),
+        alternative=alternative,
+        n_zero=n_zero,
     )
 
 
@@ -241,7 +283,7 @@ def warn_if_alpha_unreachable(n: int, alpha: float = 0.05, what: str = "this con
         warnings.warn(
             f"{what}: with n={n} paired seeds the smallest attainable p is {floor:.4g} > alpha={alpha:g}; "
             f"the exact test cannot reach significance (use at least "
-            f"{int(np.ceil(np.log2(2.0 / alpha)))} seeds)",
+            f"{seeds_needed(alpha)} seeds)",
             DesignCannotReachAlpha,
             stacklevel=2,
         )

@@ -1,12 +1,32 @@
-"""The sweep YAML's ``analysis:`` block: which contrasts are tested, and how.
+"""The sweep YAML's ``analysis:`` block: which hypotheses are confirmed, and how (METHODS §7).
 
 A *selector* picks a condition by axis values, with dotted keys as in the grid
 (``{"method.cost": "circumplex"}``; a nested mapping ``{"method": {"cost": "circumplex"}}`` is
 flattened to the same thing). A *contrast* is a pair of selectors ``[A, B]``; its effect is
-``A - B`` over matched seeds.
+``Δ = A − B`` over matched seeds, in the order written.
 
-- ``primary`` contrasts are pre-planned single hypotheses, each reported at its own p;
-- ``secondary`` contrasts form one Holm family (over contrasts x strata x metrics).
+A **hypothesis** is one contrast, ONE metric, an optional stratum (a selector on the axes the
+contrast does not vary, e.g. ``{dataset.preset: affectnet_like}``) and a direction (``two-sided``
+unless ``greater`` — Δ > 0 — or ``less`` is declared). Its role is either
+
+- ``primary``: a pre-planned single hypothesis, decided at its own ``alpha``; or
+- a member of a named **family** under ``families:``: Holm step-down within that family.
+
+```yaml
+analysis:
+  baseline: {method.cost: none}                    # reference of the descriptive tables
+  primary:
+    - {contrast: [{method.cost: uniform}, {method.cost: circumplex}], metric: p_mtl}
+  families:
+    error_structure:                               # shorthand: metrics x strata expand in the family
+      - contrast: [{method.cost: circumplex}, {method.cost: uniform}]
+        metrics: [error_severity, quadrant_keep]
+  exploratory: [p_mtl, expr_f1, error_severity, quadrant_keep]
+```
+
+Everything else the report computes is **exploratory**: shown with p labelled as such, never
+bolded, never called significant. The former ``primary: [[A, B]]`` / ``secondary:`` / ``metrics:``
+spelling (every metric of every contrast) is refused with a line saying how to rewrite it.
 
 Importable with pydantic alone: the orchestrator validates the YAML block with it.
 """
@@ -15,13 +35,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["DEFAULT_METRICS", "AnalysisPlan", "flatten_selector", "selector_label"]
+__all__ = ["DEFAULT_METRICS", "AnalysisPlan", "Hypothesis", "HypothesisSpec", "flatten_selector", "selector_label"]
 
 DEFAULT_METRICS: tuple[str, ...] = ("p_mtl", "expr_f1", "error_severity", "quadrant_keep")
+Direction = Literal["two-sided", "greater", "less"]
+
+OLD_FORM = ("the primary/secondary/metrics form is gone (it tested every metric of every contrast); write "
+            "primary: [{contrast: [A, B], metric: M}] for each pre-planned hypothesis, "
+            "families: {NAME: [{contrast: [A, B], metrics: [M1, M2]}]} for Holm families, and "
+            "exploratory: [metrics] for the rest (README 'Analysis plan')")
 
 
 def flatten_selector(selector: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -54,50 +81,188 @@ def _selector(value: Any, where: str) -> dict[str, Any]:
     return flat
 
 
+@dataclass(frozen=True)
+class Hypothesis:
+    """One declared hypothesis after the shorthands are expanded."""
+
+    a: dict[str, Any]
+    b: dict[str, Any]
+    metric: str
+    stratum: dict[str, Any] | None
+    direction: str
+    family: str | None  # None: a primary
+    where: str  # the YAML key path it was declared at (analysis.primary.0, analysis.families.x.1)
+
+    @property
+    def role(self) -> str:
+        return "primary" if self.family is None else f"family {self.family}"
+
+    @property
+    def contrast_label(self) -> str:
+        return f"{selector_label(self.a)} vs {selector_label(self.b)}"
+
+    @property
+    def label(self) -> str:
+        stratum = f" [{selector_label(self.stratum)}]" if self.stratum else ""
+        arrow = {"greater": " (A > B)", "less": " (A < B)"}.get(self.direction, "")
+        return f"{self.contrast_label}{stratum} on {self.metric}{arrow}"
+
+
+class HypothesisSpec(BaseModel):
+    """One entry of ``primary:`` or of a family: a contrast on one metric (or, in a family, several)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    contrast: tuple[dict[str, Any], dict[str, Any]]
+    metric: str | None = None
+    metrics: list[str] | None = None  # shorthand (families only): one hypothesis per metric
+    stratum: dict[str, Any] | None = None
+    strata: list[dict[str, Any]] | None = None  # shorthand (families only): one hypothesis per stratum
+    direction: Direction = "two-sided"
+
+    @field_validator("contrast", mode="before")
+    @classmethod
+    def _pair(cls, value):
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise ValueError(f"a contrast is a pair [A, B] of selectors, got {value!r}")
+        a, b = (_selector(side, f"contrast.{j}") for j, side in enumerate(value))
+        if a == b:
+            raise ValueError(f"both sides select the same condition {a}")
+        return a, b
+
+    @field_validator("stratum", mode="before")
+    @classmethod
+    def _stratum(cls, value):
+        return None if value is None else _selector(value, "stratum")
+
+    @field_validator("strata", mode="before")
+    @classmethod
+    def _strata(cls, value):
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value:
+            raise ValueError("strata: a non-empty list of selectors")
+        return [_selector(s, f"strata.{i}") for i, s in enumerate(value)]
+
+    @model_validator(mode="after")
+    def _one_way_to_say_it(self) -> HypothesisSpec:
+        if (self.metric is None) == (self.metrics is None):
+            raise ValueError("name the metric: metric: M (or, in a family, metrics: [M1, M2])")
+        if self.metrics is not None and (not self.metrics or len(set(self.metrics)) != len(self.metrics)):
+            raise ValueError(f"metrics: a non-empty list without repeats, got {self.metrics}")
+        if self.stratum is not None and self.strata is not None:
+            raise ValueError("give stratum: or strata:, not both")
+        return self
+
+    def expand(self, family: str | None, where: str) -> list[Hypothesis]:
+        a, b = self.contrast
+        metrics = self.metrics if self.metrics is not None else [self.metric]
+        strata = self.strata if self.strata is not None else [self.stratum]
+        return [Hypothesis(dict(a), dict(b), m, None if s is None else dict(s), self.direction, family, where)
+                for s in strata for m in metrics]
+
+
+def _entries(value, where: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: expected a list of {{contrast: [A, B], metric: M}} entries, got {value!r}")
+    for i, entry in enumerate(value):
+        if isinstance(entry, list | tuple):  # the former [A, B] pair
+            raise ValueError(f"{where}.{i}: {OLD_FORM}")
+    return value
+
+
 class AnalysisPlan(BaseModel):
-    """Validated ``analysis:`` block of a sweep YAML (DESIGN "Sweep YAML")."""
+    """Validated ``analysis:`` block of a sweep YAML (DESIGN "Sweep YAML", METHODS §7)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     baseline: dict[str, Any] | None = None
-    primary: list[tuple[dict[str, Any], dict[str, Any]]] = Field(default_factory=list)
-    secondary: list[tuple[dict[str, Any], dict[str, Any]]] = Field(default_factory=list)
-    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    primary: list[HypothesisSpec] = Field(default_factory=list)
+    families: dict[str, list[HypothesisSpec]] = Field(default_factory=dict)
+    exploratory: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     alpha: float = Field(default=0.05, gt=0, lt=1)
     n_resamples: int = Field(default=10_000, ge=1)
     seed: int = 0
+    # study §6.3 / METHODS §7: the combined class-isolation test is one-sided (rho > 0)
+    isolation_direction: Direction = "greater"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_old_form(cls, data):
+        if isinstance(data, dict):
+            for key in ("secondary", "metrics"):
+                if key in data:
+                    raise ValueError(f"@{key}:{OLD_FORM}")
+        return data
 
     @field_validator("baseline", mode="before")
     @classmethod
     def _flatten_baseline(cls, value):
         return None if value is None else _selector(value, "baseline")
 
-    @field_validator("primary", "secondary", mode="before")
+    @field_validator("primary", mode="before")
     @classmethod
-    def _flatten_contrasts(cls, value, info):
-        if value is None:
-            return []
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{info.field_name}: expected a list of [A, B] selector pairs, got {value!r}")
-        contrasts = []
-        for i, pair in enumerate(value):
-            where = f"{info.field_name}.{i}"
-            if not isinstance(pair, list | tuple) or len(pair) != 2:
-                raise ValueError(f"{where}: a contrast is a pair [A, B] of selectors, got {pair!r}")
-            a, b = (_selector(side, f"{where}.{j}") for j, side in enumerate(pair))
-            if a == b:
-                raise ValueError(f"{where}: both sides select the same condition {a}")
-            contrasts.append((a, b))
-        return contrasts
+    def _primary_entries(cls, value):
+        entries = _entries(value, "primary")
+        for i, entry in enumerate(entries):
+            if isinstance(entry, dict) and (entry.get("metrics") is not None or entry.get("strata") is not None):
+                raise ValueError(f"primary.{i}: a primary is ONE metric in one stratum, each at its own alpha; "
+                                 f"put several metrics or strata in a family (Holm) instead")
+        return entries
 
-    @field_validator("metrics")
+    @field_validator("families", mode="before")
     @classmethod
-    def _metrics_nonempty(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("metrics: name at least one metric")
-        if len(set(value)) != len(value):
-            raise ValueError(f"metrics: duplicated names in {value}")
+    def _family_entries(cls, value):
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(f"families: a mapping NAME: [hypotheses], got {value!r}")
+        for name, entries in value.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"families: family names must be non-empty strings, got {name!r}")
+            if not entries:
+                raise ValueError(f"families.{name}: the family is named but empty (declare its hypotheses "
+                                 f"or remove it)")
+            _entries(entries, f"families.{name}")
         return value
+
+    @field_validator("exploratory")
+    @classmethod
+    def _metrics_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"exploratory: duplicated names in {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_hypotheses(self) -> AnalysisPlan:
+        seen: dict[tuple, str] = {}
+        for h in self.hypotheses():
+            key = (json.dumps([h.a, h.b, h.stratum], sort_keys=True, default=str), h.metric)
+            if key in seen:
+                raise ValueError(f"@{h.where.removeprefix('analysis.')}:declares {h.label} again "
+                                 f"(already at {seen[key]}); a hypothesis is tested once")
+            seen[key] = h.where
+        return self
+
+    def hypotheses(self) -> tuple[Hypothesis, ...]:
+        """Every declared hypothesis, shorthands expanded: the primaries, then each family in order."""
+        out = []
+        for i, spec in enumerate(self.primary):
+            out += spec.expand(None, f"analysis.primary.{i}")
+        for name, specs in self.families.items():
+            for i, spec in enumerate(specs):
+                out += spec.expand(name, f"analysis.families.{name}.{i}")
+        return tuple(out)
+
+    def family(self, name: str) -> tuple[Hypothesis, ...]:
+        return tuple(h for h in self.hypotheses() if h.family == name)
+
+    @property
+    def metrics(self) -> list[str]:
+        """Every metric the plan names (hypotheses first, then the exploratory ones)."""
+        return list(dict.fromkeys([*(h.metric for h in self.hypotheses()), *self.exploratory]))
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), default=str)

@@ -3,8 +3,12 @@
 :func:`run_analysis` loads a sweep (directory, results file, or MLflow), analyses it
 (:func:`analysis.study.analyze`), renders every table and figure and writes::
 
-    <out>/report.md                    tables inline, figures linked from report_files/
-    <out>/report.html                  self-contained: tables inline, figures embedded as base64
+    <out>/report.md                    Answers first, then the design check, the study's tables and the
+                                       exploratory results; figures linked from report_files/
+    <out>/report.html                  the same, self-contained: figures embedded as base64
+    <out>/analysis.json                every declared hypothesis (contrast, metric, stratum, direction,
+                                       role/family, per-seed differences, Δ, CI, p, Holm p, min
+                                       attainable p, decision), the plan hash and the warnings
     <out>/report_files/figures/*.png
     <out>/report_files/tables/*.{csv,tex}
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import json
 import os
 import socket
 import sys
@@ -25,15 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from analysis.hypotheses import answer
 from analysis.plan import AnalysisPlan, selector_label
 from analysis.results import SweepResults, load_sweep
 from analysis.study import Analysis, analyze
 from analysis.tables import Table, all_tables, metric_name
 
-__all__ = ["AnalysisReport", "log_report_to_mlflow", "main", "run_analysis"]
+__all__ = ["AnalysisReport", "analysis_json", "log_report_to_mlflow", "main", "run_analysis"]
 
 REPORT_FILES = "report_files"
 MAX_DIFFERENCE_ROWS = 30
+ANSWER_TABLES = ("hypotheses", "design")  # the tables of the first two sections
+EXPLORATORY_TABLES = ("exploratory", "pairing_issues")  # the last section
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,6 +54,7 @@ class AnalysisReport:
     table_files: tuple[Path, ...]
     analysis: Analysis
     plan_hash: str
+    json: Path
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -54,7 +63,7 @@ class AnalysisReport:
     @property
     def paths(self) -> list[Path]:
         """Every file written, report first (what :func:`log_report_to_mlflow` uploads)."""
-        return [self.markdown, self.html, *self.figures, *self.table_files]
+        return [self.markdown, self.html, self.json, *self.figures, *self.table_files]
 
     def table(self, key: str) -> Table:
         for t in self.tables:
@@ -91,16 +100,19 @@ def _write_figures(analysis: Analysis, directory: Path) -> list[tuple[str, Path]
         label = ", ".join(f"{k}={v}" for k, v in stratum) or "all"
         written.append((f"Confusion matrices summed over paired seeds, row-normalised ({label})", path))
 
-    planned = [c for r in (*analysis.primary, *analysis.secondary) for c in r.comparisons]
-    for metric in dict.fromkeys(c.metric for c in planned):
-        comps = [c for c in planned if c.metric == metric][:MAX_DIFFERENCE_ROWS]
-        labels = [f"[{c.contrast.role[0].upper()}] {c.contrast.label}"
-                  + (f" | {c.stratum_label}" if c.stratum else "") for c in comps]
+    declared = analysis.hypotheses
+    for metric in dict.fromkeys(r.hypothesis.metric for r in declared):
+        comps = [r for r in declared if r.hypothesis.metric == metric and r.n][:MAX_DIFFERENCE_ROWS]
+        if not comps:
+            continue
+        labels = [f"[{'P' if r.hypothesis.family is None else r.hypothesis.family}] {r.hypothesis.contrast_label}"
+                  + (f" | {selector_label(dict(r.stratum))}" if r.stratum else "") for r in comps]
         path = directory / f"paired_{_slug(metric)}.png"
-        figures.plot_paired_differences({lab: c.differences for lab, c in zip(labels, comps)},
-                                        {lab: tuple(c.ci) for lab, c in zip(labels, comps)},
+        figures.plot_paired_differences({lab: r.differences for lab, r in zip(labels, comps)},
+                                        {lab: tuple(r.ci) for lab, r in zip(labels, comps)},
                                         metric=metric_name(metric), path=path)
-        written.append((f"Per-seed paired differences, {metric_name(metric)} ([P] primary, [S] secondary)", path))
+        written.append((f"Per-seed paired differences A − B of the declared hypotheses on {metric_name(metric)} "
+                        f"([P] primary, else the family)", path))
 
     for i, dose in enumerate(analysis.dose_response):
         label = ", ".join(f"{k}={v}" for k, v in dose.stratum) or "all"
@@ -111,36 +123,50 @@ def _write_figures(analysis: Analysis, directory: Path) -> list[tuple[str, Path]
     return written
 
 
-def _plan_lines(analysis: Analysis) -> tuple[list[str], list[str]]:
-    plan = analysis.plan
-    primary = [f"{selector_label(a)} **vs** {selector_label(b)}" for a, b in plan.primary]
-    secondary = [f"{selector_label(a)} **vs** {selector_label(b)}" for a, b in plan.secondary]
-    return primary, secondary
+def _answers(analysis: Analysis) -> list[str]:
+    if not analysis.hypotheses:
+        return ["The plan declares no hypothesis, so nothing is confirmed: every result below is exploratory."]
+    return [answer(r) for r in analysis.hypotheses]
+
+
+def _header(analysis: Analysis, plan_hash: str) -> list[str]:
+    sweep, plan = analysis.sweep, analysis.plan
+    frame = sweep.results
+    families = ", ".join(f"{name} (m = {len(plan.family(name))})" for name in plan.families) or "none"
+    return [f"trials: {len(frame)} ({int((frame['status'].astype(str) == 'done').sum())} done)",
+            f"axes: {', '.join(sweep.axes) or '(none)'}; varying: {', '.join(analysis.varying_axes) or '(none)'}",
+            f"analysis plan hash: `{plan_hash}` (source: {analysis.plan_source}); primaries: {len(plan.primary)}; "
+            f"families: {families}; α = {plan.alpha:g}",
+            f"baseline: {selector_label(dict(analysis.baseline)) if analysis.baseline else '(none)'}; "
+            f"exploratory metrics: {', '.join(plan.exploratory) or '(none)'}; bootstrap resamples = "
+            f"{plan.n_resamples}; seed = {plan.seed}"]
+
+
+def _split(tables: Sequence[Table]) -> tuple[list[Table], list[Table], list[Table]]:
+    first = [t for k in ANSWER_TABLES for t in tables if t.key == k]
+    last = [t for k in EXPLORATORY_TABLES for t in tables if t.key == k]
+    middle = [t for t in tables if t.key not in (*ANSWER_TABLES, *EXPLORATORY_TABLES)]
+    return first, middle, last
 
 
 def _markdown(analysis: Analysis, tables: Sequence[Table], figures: Sequence[tuple[str, Path]], out: Path,
               plan_hash: str) -> str:
-    sweep, plan = analysis.sweep, analysis.plan
-    primary, secondary = _plan_lines(analysis)
-    frame = sweep.results
-    lines = [f"# Analysis of sweep `{sweep.name}`", "",
-             f"- trials: {len(frame)} ({int((frame['status'].astype(str) == 'done').sum())} done)",
-             f"- axes: {', '.join(sweep.axes) or '(none)'}; varying: {', '.join(analysis.varying_axes) or '(none)'}",
-             f"- analysis plan hash: `{plan_hash}` (source: {analysis.plan_source})",
-             f"- baseline: {selector_label(dict(analysis.baseline)) if analysis.baseline else '(none)'}; "
-             f"treatment for the descriptive tables: "
-             f"{selector_label(dict(analysis.treatment)) if analysis.treatment else '(none)'}",
-             f"- metrics: {', '.join(plan.metrics)}; α = {plan.alpha:g}; bootstrap resamples = {plan.n_resamples}; "
-             f"seed = {plan.seed}", "",
-             "## Planned contrasts", "",
-             "**Primary** (pre-planned single hypotheses, each at its own p):", ""]
-    lines += [f"- {p}" for p in primary] or ["- (none)"]
-    lines += ["", "**Secondary** (one Holm family over contrasts × strata × metrics):", ""]
-    lines += [f"- {s}" for s in secondary] or ["- (none)"]
+    first, middle, last = _split(tables)
+    lines = [f"# Analysis of sweep `{analysis.sweep.name}`", "", "## Answers", ""]
+    lines += [f"- {a}" for a in _answers(analysis)]
+    lines += ["", "## Design check", ""]
+    lines += [t.to_markdown() for t in first if t.key == "design"] or ["No declared hypothesis.", ""]
+    lines += [t.to_markdown() for t in first if t.key == "hypotheses"]
+    lines += ["## Sweep", ""] + [f"- {x}" for x in _header(analysis, plan_hash)]
     lines += ["", "## Warnings", ""]
     lines += [f"- ⚠ {w}" for w in analysis.warnings] or ["- none"]
-    lines += ["", "## Tables", ""]
-    for t in tables:
+    lines += ["", "## Study tables", "",
+              "*Only the declared hypotheses above are confirmatory; every p-value below is exploratory.*", ""]
+    for t in middle:
+        lines += [t.to_markdown(), ""]
+    lines += ["## Exploratory", "",
+              "*Exploratory results: p-values are shown for orientation, not adjusted, and not findings.*", ""]
+    for t in last:
         lines += [t.to_markdown(), ""]
     lines += ["## Figures", ""]
     for caption, path in figures:
@@ -164,32 +190,29 @@ code{background:#f4f4f4;padding:0 .25em}
 
 
 def _html(analysis: Analysis, tables: Sequence[Table], figures: Sequence[tuple[str, Path]], plan_hash: str) -> str:
-    sweep, plan = analysis.sweep, analysis.plan
-    primary, secondary = _plan_lines(analysis)
+    first, middle, last = _split(tables)
 
-    def items(lines: Iterable[str]) -> str:
-        rendered = [f"<li>{html.escape(s).replace('**vs**', '<strong>vs</strong>')}</li>" for s in lines]
-        return "".join(rendered) or "<li>(none)</li>"
+    def items(lines: Iterable[str], cls: str = "") -> str:
+        attr = f" class='{cls}'" if cls else ""
+        return "".join(f"<li{attr}>{html.escape(s).replace('`', '')}</li>" for s in lines) or "<li>none</li>"
 
-    frame = sweep.results
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>affsweep analysis — {html.escape(sweep.name)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>Analysis of sweep <code>{html.escape(sweep.name)}</code></h1><ul>",
-        f"<li>trials: {len(frame)} ({int((frame['status'].astype(str) == 'done').sum())} done)</li>",
-        f"<li>axes: {html.escape(', '.join(sweep.axes) or '(none)')}</li>",
-        f"<li>analysis plan hash: <code id='plan-hash'>{plan_hash}</code> "
-        f"(source: {html.escape(analysis.plan_source)})</li>",
-        f"<li>metrics: {html.escape(', '.join(plan.metrics))}; α = {plan.alpha:g}; "
-        f"bootstrap resamples = {plan.n_resamples}</li></ul>",
-        "<h2>Planned contrasts</h2><p><strong>Primary</strong> (pre-planned single hypotheses):</p>",
-        f"<ul id='primary'>{items(primary)}</ul>",
-        "<p><strong>Secondary</strong> (one Holm family):</p>",
-        f"<ul id='secondary'>{items(secondary)}</ul>",
-        "<h2>Warnings</h2><ul id='warnings'>",
-        "".join(f"<li class='warn'>⚠ {html.escape(w)}</li>" for w in analysis.warnings) or "<li>none</li>",
-        "</ul><h2>Tables</h2>",
-        *[t.to_html() for t in tables],
+        f"<title>affsweep analysis — {html.escape(analysis.sweep.name)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Analysis of sweep <code>{html.escape(analysis.sweep.name)}</code></h1>",
+        f"<h2 id='answers'>Answers</h2><ul id='answer-list'>{items(_answers(analysis))}</ul>",
+        "<h2 id='design-check'>Design check</h2>",
+        *[t.to_html() for t in first if t.key == "design"],
+        *[t.to_html() for t in first if t.key == "hypotheses"],
+        f"<h2>Sweep</h2><ul>{items(_header(analysis, plan_hash))}</ul>",
+        f"<p>plan hash: <code id='plan-hash'>{plan_hash}</code></p>",
+        f"<h2>Warnings</h2><ul id='warnings'>{items((f'⚠ {w}' for w in analysis.warnings), 'warn')}</ul>",
+        "<h2>Study tables</h2><p class='note'>Only the declared hypotheses above are confirmatory; every p-value "
+        "below is exploratory.</p>",
+        *[t.to_html() for t in middle],
+        "<h2 id='exploratory'>Exploratory</h2><p class='note'>Exploratory results: p-values are shown for "
+        "orientation, not adjusted, and not findings.</p>",
+        *[t.to_html() for t in last],
         "<h2>Figures</h2>",
     ]
     for caption, path in figures:
@@ -198,6 +221,22 @@ def _html(analysis: Analysis, tables: Sequence[Table], figures: Sequence[tuple[s
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def analysis_json(analysis: Analysis, plan_hash: str) -> dict:
+    """The machine-readable result (``analysis.json``): what tests and users read."""
+    plan = analysis.plan
+    return {
+        "sweep": analysis.sweep.name,
+        "plan_hash": plan_hash,
+        "plan_source": analysis.plan_source,
+        "plan": json.loads(plan.canonical_json()),
+        "alpha": plan.alpha,
+        "families": {name: len(plan.family(name)) for name in plan.families},
+        "hypotheses": [r.to_json() for r in analysis.hypotheses],
+        "answers": _answers(analysis),
+        "warnings": list(analysis.warnings),
+    }
 
 
 def run_analysis(source=None, out: str | os.PathLike | None = None, plan: AnalysisPlan | None = None,
@@ -227,12 +266,15 @@ def run_analysis(source=None, out: str | os.PathLike | None = None, plan: Analys
             path = table_dir / f"{t.key}{suffix}"
             path.write_text(text, encoding="utf-8")
             table_files.append(path)
+    json_path = out / "analysis.json"
+    json_path.write_text(json.dumps(analysis_json(analysis, plan_hash), indent=2, default=str) + "\n",
+                         encoding="utf-8")
     markdown = out / "report.md"
     markdown.write_text(_markdown(analysis, tables, figures, out, plan_hash), encoding="utf-8")
     report_html = out / "report.html"
     report_html.write_text(_html(analysis, tables, figures, plan_hash), encoding="utf-8")
     return AnalysisReport(out, markdown, report_html, tables, tuple(p for _, p in figures), tuple(table_files),
-                          analysis, plan_hash)
+                          analysis, plan_hash, json_path)
 
 
 def log_report_to_mlflow(tracking_uri: str, parent_run_id: str, paths: Iterable[str | os.PathLike],
@@ -291,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"wrote {report.markdown}")
     print(f"wrote {report.html}")
+    print(f"wrote {report.json}")
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
 

@@ -229,8 +229,14 @@ def plan_of(spec: Mapping | None, where: str = "sweep.yaml") -> AnalysisPlan | N
         return AnalysisPlan.model_validate(spec["analysis"])
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = ".".join(str(p) for p in ("analysis", *first["loc"]))
-        raise ValueError(f"{where}: {loc}: {first['msg']}") from exc
+        parts, msg = ["analysis", *map(str, first["loc"])], first["msg"].removeprefix("Value error, ")
+        if msg.startswith("@"):  # a validator that knows the offending sub-key
+            sub, msg = msg[1:].split(":", 1)
+            parts.append(sub)
+        head, sep, rest = msg.partition(": ")  # "primary.0: ..." from the plan's own validators
+        if sep and head.split(".")[0] == parts[-1] and " " not in head:
+            parts, msg = [*parts[:-1], *head.split(".")], rest
+        raise ValueError(f"{where}: {'.'.join(parts)}: {msg}") from exc
 
 
 def load_sweep(

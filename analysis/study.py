@@ -5,13 +5,18 @@ results, isolation correlations, pooled confusions, dose-response arrays); the t
 are drawn from it without recomputing anything.
 
 What is compared:
-- the plan's ``primary`` contrasts (each its own hypothesis) and ``secondary`` contrasts (one Holm
-  family over contrasts x strata x metrics);
+- the plan's declared hypotheses (:mod:`analysis.hypotheses`): each primary at its own alpha, each
+  family with Holm — the only confirmatory results;
+- everything below is exploratory: the declared contrasts on the plan's ``exploratory`` metrics,
 - every other value of the baseline's axis against the baseline, and against the circumplex cost
   when the sweep has one (the cost-control table, study Table II);
 - the *treatment* against the baseline on every metric, per class and per AU (Tables IV, VIII-X).
   The treatment is ``method.cost: circumplex`` (else ``method.name: ot``) when the sweep has it,
-  else the A side of the first planned contrast against the baseline.
+  else the A side of the first planned contrast against the baseline;
+- the circumplex against the uniform cost on the error-structure metrics in the study's sign
+  (circumplex − uniform, Table XI) when the sweep has both;
+- class isolation vs ΔF1 (§6.3): per dataset two-sided; combined within-dataset ranks, in the
+  plan's ``isolation_direction`` (METHODS: one-sided, rho > 0).
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.contrasts import ContrastResult, SampleStats, apply_holm, compare_contrast, describe
+from analysis.contrasts import ContrastResult, SampleStats, compare_contrast, describe
 from analysis.errors import class_isolation
+from analysis.hypotheses import HypothesisResult, evaluate_hypotheses
 from analysis.isolation import CorrelationResult, spearman_permutation_test
 from analysis.pairing import Contrast, Items, freeze_selector, normalise_value, select, sort_key, stratum_label
 from analysis.plan import DEFAULT_METRICS, AnalysisPlan
@@ -44,6 +50,8 @@ COST_AXIS = "method.cost"
 LAM_AXIS = "method.lam"
 DATASET_AXES = ("dataset.name", "dataset.preset")
 REFERENCE_COST = "circumplex"
+UNIFORM_COST = "uniform"
+ERROR_METRICS = ("error_severity", "quadrant_keep", "affect_weighted_acc")
 SUMMARY_METRICS = ("p_mtl", "va_ccc", "expr_f1", "au_f1")
 MAX_FIGURE_STRATA = 4
 
@@ -106,8 +114,8 @@ class Analysis:
     plan_source: str  # "given", "sweep.yaml" or "inferred"
     varying_axes: tuple[str, ...]
     conditions: tuple[ConditionStats, ...]
-    primary: tuple[ContrastResult, ...]
-    secondary: tuple[ContrastResult, ...]
+    hypotheses: tuple[HypothesisResult, ...]
+    exploratory: tuple[ContrastResult, ...]  # the declared contrasts on every exploratory metric
     baseline: Items | None
     treatment: Items | None
     versus_baseline: tuple[ContrastResult, ...]
@@ -118,7 +126,11 @@ class Analysis:
     circumplexes: tuple[tuple[Items, dict], ...]
     confusions: tuple[PooledConfusion, ...]
     dose_response: tuple[DoseResponse, ...]
+    error_structure: ContrastResult | None = None  # circumplex vs uniform (study sign), exploratory
     warnings: tuple[str, ...] = field(default=())
+
+    def family(self, name: str) -> tuple[HypothesisResult, ...]:
+        return tuple(r for r in self.hypotheses if r.hypothesis.family == name)
 
     def geometry(self, stratum: Items) -> dict | None:
         """The circumplex.json payload of the stratum's dataset (None when no trial wrote one)."""
@@ -131,8 +143,9 @@ class Analysis:
     @property
     def all_contrasts(self) -> tuple[ContrastResult, ...]:
         seen, out = set(), []
-        for r in (*self.primary, *self.secondary, *self.versus_baseline, *self.versus_reference,
-                  *([self.treatment_vs_baseline] if self.treatment_vs_baseline else [])):
+        for r in (*self.exploratory, *self.versus_baseline, *self.versus_reference,
+                  *([self.treatment_vs_baseline] if self.treatment_vs_baseline else []),
+                  *([self.error_structure] if self.error_structure else [])):
             key = (r.contrast.a, r.contrast.b)
             if key not in seen:
                 seen.add(key)
@@ -167,17 +180,17 @@ def condition_stats(frame: pd.DataFrame, axes: Sequence[str], metrics: Sequence[
 
 
 def infer_plan(sweep: SweepResults) -> AnalysisPlan:
-    """A plan for a sweep without an ``analysis:`` block: every value of the cost axis (or the first
-    varying axis) against its baseline (``none`` / ``focal`` / the first value), as the secondary family."""
+    """A plan for a sweep without an ``analysis:`` block: no hypotheses (nothing was declared, so
+    nothing is confirmed); the cost axis (or the first varying axis) against its baseline (``none`` /
+    ``focal`` / the first value) in the exploratory tables."""
     frame = sweep.results  # failed trials count too: their contrasts must exist to list them
     axes = varying_axes(frame, sweep.axes)
     if not axes:
-        return AnalysisPlan(metrics=_present(frame, DEFAULT_METRICS))
+        return AnalysisPlan(exploratory=_present(frame, DEFAULT_METRICS))
     axis = COST_AXIS if COST_AXIS in axes else ("method.name" if "method.name" in axes else axes[0])
     values = sorted({normalise_value(v) for v in frame[axis]}, key=sort_key)
     base = next((v for v in ("none", "focal") if v in values), values[0])
-    secondary = [({axis: v}, {axis: base}) for v in values if v != base]
-    return AnalysisPlan(baseline={axis: base}, secondary=secondary, metrics=_present(frame, DEFAULT_METRICS))
+    return AnalysisPlan(baseline={axis: base}, exploratory=_present(frame, DEFAULT_METRICS))
 
 
 def _present(frame: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
@@ -192,9 +205,9 @@ def _treatment(frame: pd.DataFrame, plan: AnalysisPlan) -> Items | None:
     for axis, value in ((COST_AXIS, REFERENCE_COST), ("method.name", "ot")):
         if axis in frame.columns and baseline != {axis: value} and select(frame, {axis: value}).any():
             return ((axis, value),)
-    for a, b in (*plan.primary, *plan.secondary):
-        if b == baseline:
-            return Contrast.of(a, b).a
+    for h in plan.hypotheses():
+        if h.b == baseline:
+            return Contrast.of(h.a, h.b).a
     return None
 
 
@@ -208,10 +221,11 @@ def analyze(sweep: SweepResults, plan: AnalysisPlan | None = None) -> Analysis:
         plan, plan_source = sweep.plan, "sweep.yaml"
     else:
         plan, plan_source = infer_plan(sweep), "inferred"
-        warnings.append("the sweep has no analysis: block; the plan was inferred (all contrasts secondary)")
-    missing = [m for m in plan.metrics if m not in frame.columns]
+        warnings.append("the sweep has no analysis: block: no hypothesis was declared, so every result is "
+                        "exploratory")
+    missing = [m for m in plan.exploratory if m not in frame.columns]
     if missing:
-        warnings.append(f"plan metrics not in the results: {', '.join(missing)}")
+        warnings.append(f"exploratory metrics not in the results: {', '.join(missing)}")
     if "status" in frame.columns:
         unfinished = frame[frame["status"].astype(str) != "done"]
         if len(unfinished):
@@ -243,8 +257,10 @@ def analyze(sweep: SweepResults, plan: AnalysisPlan | None = None) -> Analysis:
                 cache[key] = None
         return cache[key]
 
-    primary = tuple(run(a, b, "primary", plan.metrics) for a, b in plan.primary)
-    secondary = apply_holm([run(a, b, "secondary", plan.metrics) for a, b in plan.secondary])
+    hypotheses = evaluate_hypotheses(plan, frame, axes, warnings)
+    declared = list(dict.fromkeys((freeze_selector(r.hypothesis.a), freeze_selector(r.hypothesis.b))
+                                  for r in hypotheses))
+    exploratory = tuple(run(a, b, "exploratory", plan.metrics) for a, b in declared)
 
     baseline = freeze_selector(plan.baseline) if plan.baseline else None
     versus_baseline: list[ContrastResult] = []
@@ -267,9 +283,15 @@ def analyze(sweep: SweepResults, plan: AnalysisPlan | None = None) -> Analysis:
         if treatment_vs_baseline is None:
             treatment = None
 
-    results = (*primary, *secondary, *versus_baseline, *versus_reference,
+    error_structure = None
+    if COST_AXIS in frame.columns and all(select(frame, {COST_AXIS: c}).any() for c in (REFERENCE_COST, UNIFORM_COST)):
+        error_structure = run({COST_AXIS: REFERENCE_COST}, {COST_AXIS: UNIFORM_COST}, "descriptive",
+                              [m for m in ("expr_f1", "p_mtl", *ERROR_METRICS) if m in frame.columns])
+
+    results = (*exploratory, *versus_baseline, *versus_reference,
                *([treatment_vs_baseline] if treatment_vs_baseline else []))
-    warnings.extend(_pairing_warnings(results, plan.alpha))
+    warnings.extend(_pairing_warnings(results))
+    warnings.extend(f"{r.hypothesis.where}: {r.design.sentence()}" for r in hypotheses if not r.design.can_reach)
 
     circumplexes = _circumplexes(sweep, treatment_vs_baseline, done)
     isolation, combined = _isolation(treatment_vs_baseline, circumplexes, plan)
@@ -279,8 +301,8 @@ def analyze(sweep: SweepResults, plan: AnalysisPlan | None = None) -> Analysis:
         plan_source=plan_source,
         varying_axes=tuple(varying),
         conditions=conditions,
-        primary=primary,
-        secondary=secondary,
+        hypotheses=hypotheses,
+        exploratory=exploratory,
         baseline=baseline,
         treatment=treatment,
         versus_baseline=tuple(versus_baseline),
@@ -291,11 +313,12 @@ def analyze(sweep: SweepResults, plan: AnalysisPlan | None = None) -> Analysis:
         circumplexes=circumplexes,
         confusions=_confusions(sweep, treatment_vs_baseline, versus_baseline),
         dose_response=_dose_response(done, varying, circumplexes, treatment),
+        error_structure=error_structure,
         warnings=tuple(warnings),
     )
 
 
-def _pairing_warnings(results: Sequence[ContrastResult], alpha: float) -> list[str]:
+def _pairing_warnings(results: Sequence[ContrastResult]) -> list[str]:
     out, seen = [], set()
     for r in results:
         p = r.pairing
@@ -311,12 +334,6 @@ def _pairing_warnings(results: Sequence[ContrastResult], alpha: float) -> list[s
             out.append(f"{label}: {len(p.integrity)} pair(s) have different data_order_hash for the same seed "
                        f"(matched-seed integrity violated); excluded from the tests")
         out.extend(f"{label}: {note}" for note in p.notes)
-        for stratum, pairs in p.by_stratum().items():
-            floor = 2.0 / 2.0 ** len(pairs)
-            if floor > alpha:
-                out.append(f"{label} [{stratum_label(stratum)}]: {len(pairs)} paired seed(s); the smallest "
-                           f"attainable p is {min(1.0, floor):.4g} > alpha = {alpha:g}, so this design cannot "
-                           f"reach significance")
         if not p.pairs and p.contrast.role != "descriptive":
             out.append(f"{label}: no matched pairs; nothing was tested")
     return out
@@ -370,11 +387,12 @@ def _isolation(result: ContrastResult | None, circumplexes, plan: AnalysisPlan):
         test = spearman_permutation_test(iso, deltas, n_resamples=plan.n_resamples, seed=plan.seed)
         rows.append(IsolationResult(stratum, names, tuple(map(float, iso)), tuple(map(float, deltas)), test))
     combined = None
-    if len(rows) > 1:
+    if len(rows) > 1:  # ranks within each dataset: the datasets' ΔF1 scales differ (METHODS §7)
         iso = np.concatenate([r.isolation for r in rows])
         delta = np.concatenate([r.delta_f1 for r in rows])
         groups = np.concatenate([[i] * len(r.isolation) for i, r in enumerate(rows)])
-        combined = spearman_permutation_test(iso, delta, groups, n_resamples=plan.n_resamples, seed=plan.seed)
+        combined = spearman_permutation_test(iso, delta, groups, n_resamples=plan.n_resamples, seed=plan.seed,
+                                             alternative=plan.isolation_direction, rank_within_groups=True)
     return tuple(rows), combined
 
 

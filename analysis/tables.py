@@ -5,10 +5,14 @@ Table code only selects and formats: every number comes from a result object
 :class:`~analysis.isolation.CorrelationResult`); nothing is recomputed here. Each :class:`Table`
 renders as Markdown, HTML, CSV and LaTeX.
 
-Shapes (study numbering): method table (I), cost controls with p vs base and vs circumplex (II),
-cross-dataset (IV), per-class F1 (VIII/IX), per-AU F1 (X), error structure with Holm p and bootstrap
-CI (XI), class isolation vs ΔF1 (§6.3), RSA (XII); plus the planned contrasts, the design's
-attainable p, and the pairing issues.
+Shapes (study numbering): the declared hypotheses and the design check first; then method table
+(I), cost controls with p vs base and vs circumplex (II), cross-dataset (IV), per-class F1
+(VIII/IX), per-AU F1 (X), error structure (XI: the ``error_structure`` family with Holm p when
+declared, else exploratory), class isolation vs ΔF1 (§6.3), RSA (XII); then the exploratory
+contrasts and the pairing issues.
+
+Only a declared hypothesis is confirmatory: every other p-value is labelled exploratory and never
+bolded (:class:`PValue` bolds nothing unless asked to).
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from analysis.contrasts import ContrastResult, MetricComparison, SampleStats
+from analysis.contrasts import MetricComparison, SampleStats
 from analysis.pairing import Items, stratum_label
-from analysis.study import COST_AXIS, DATASET_AXES, REFERENCE_COST, Analysis
+from analysis.study import COST_AXIS, DATASET_AXES, REFERENCE_COST, UNIFORM_COST, Analysis
 
 __all__ = [
     "Delta",
@@ -32,11 +36,12 @@ __all__ = [
     "PValue",
     "Table",
     "all_tables",
-    "contrast_table",
     "cost_control_table",
     "cross_dataset_table",
     "design_table",
     "error_structure_table",
+    "exploratory_table",
+    "hypotheses_table",
     "isolation_table",
     "method_table",
     "pairing_issues_table",
@@ -104,14 +109,16 @@ class Interval:
 
 @dataclass(frozen=True)
 class PValue:
-    """A p-value; significant ones (p <= alpha) are bold in Markdown, HTML and LaTeX."""
+    """A p-value. Never bold unless ``bold`` (a declared hypothesis that is supported): an
+    exploratory p at or below alpha is not a finding."""
 
     value: float
     alpha: float = 0.05
+    bold: bool = False
 
     @property
     def significant(self) -> bool:
-        return math.isfinite(self.value) and self.value <= self.alpha
+        return self.bold and math.isfinite(self.value) and self.value <= self.alpha
 
     def text(self, fmt: str) -> str:
         if not math.isfinite(self.value):
@@ -231,15 +238,19 @@ def _stratum_cells(stratum: Items, columns: Sequence[str]) -> list[Any]:
     return [axis_text(values.get(c)) for c in columns]
 
 
+EXPLORATORY = "Exploratory p-values (not declared hypotheses, not adjusted): descriptive, never a finding."
+
+
 def _note_min_p(comparisons: Sequence[MetricComparison], alpha: float) -> list[str]:
     notes = []
-    floors = {c.test.n: c.test.min_pvalue for c in comparisons}
-    for n, floor in sorted(floors.items()):
+    floors = {(c.test.n, c.test.n_zero): c.test.min_pvalue for c in comparisons}
+    for (n, zeros), floor in sorted(floors.items()):
+        with_zeros = f" ({zeros} zero difference(s))" if zeros else ""
         if not math.isfinite(floor) or floor > alpha:
-            notes.append(f"WARNING: with n = {n} paired seeds the smallest attainable p is "
-                         f"{floor:.4g} > α = {alpha:g}; these tests cannot reach significance.")
+            notes.append(f"WARNING: with n = {n} paired seeds{with_zeros} the smallest attainable p is "
+                         f"{floor:.4g} > α = {alpha:g}; these p-values cannot fall to α.")
         else:
-            notes.append(f"n = {n} paired seeds: smallest attainable p = {floor:.4g}.")
+            notes.append(f"n = {n} paired seeds{with_zeros}: smallest attainable p = {floor:.4g}.")
     return notes
 
 
@@ -254,16 +265,26 @@ def method_table(analysis: Analysis) -> Table:
     metrics = [m for m in ("p_mtl", "va_ccc", "expr_f1", "au_f1")
                if any(c.stats.get(m) and c.stats[m].n for c in analysis.conditions)]
     axes = list(analysis.varying_axes)
+    frame = analysis.sweep.results
+    sampling = None
+    if "sampling" in frame.columns:  # which sampler each method trained with (when the trainer records it)
+        sampling = dict(zip(frame["trial_id"].astype(str), frame["sampling"]))
     rows = []
     for c in analysis.conditions:
         values = dict(c.condition)
-        rows.append((*[axis_text(values.get(a)) for a in axes], c.n, *[MeanStd.of(c.stats.get(m)) for m in metrics]))
+        cells = [axis_text(values.get(a)) for a in axes]
+        if sampling is not None:
+            used = sorted({str(sampling[t]) for t in c.trial_ids if sampling.get(t) is not None
+                           and str(sampling[t]) not in ("", "nan")})
+            cells.append(", ".join(used) or None)
+        rows.append((*cells, c.n, *[MeanStd.of(c.stats.get(m)) for m in metrics]))
     notes = ["mean ± sample std (ddof = 1) over the seeds of each condition; failed trials excluded."]
     failed = sum(c.n_failed for c in analysis.conditions)
     if failed:
         notes.append(f"{failed} failed trial(s) are not included.")
     return Table("method", "Method table (study Table I): mean ± std over seeds",
-                 (*axes, "Seeds", *[metric_name(m) for m in metrics]), tuple(rows), tuple(notes))
+                 (*axes, *(["Sampling"] if sampling is not None else []), "Seeds", *[metric_name(m) for m in metrics]),
+                 tuple(rows), tuple(notes))
 
 
 def cost_control_table(analysis: Analysis, metric: str | None = None) -> Table | None:
@@ -311,7 +332,7 @@ def cost_control_table(analysis: Analysis, metric: str | None = None) -> Table |
                "p vs base", *([f"p vs {REFERENCE_COST}"] if with_reference else []))
     notes = [f"p: exact two-sided paired sign-flip test on {metric_name(metric)} over matched seeds "
              f"(base = {axis}={base_value}); each control is its own comparison (not Holm-adjusted).",
-             *_note_min_p(used, alpha)]
+             EXPLORATORY, *_note_min_p(used, alpha)]
     title = "Cost controls (study Table II)" if axis == COST_AXIS else f"Each {axis} against the base"
     return Table("cost_controls", title, columns, tuple(rows), tuple(notes))
 
@@ -343,7 +364,8 @@ def cross_dataset_table(analysis: Analysis) -> Table | None:
     t, b = r.contrast.a_label, r.contrast.b_label
     columns = (*s_cols, "Seeds", f"Base EXPR ({b})", f"EXPR ({t})", "ΔEXPR", "p", "VA CCC base / treat",
                "P_MTL base / treat")
-    notes = [f"treatment {t} vs base {b}; p: exact paired sign-flip test on EXPR F1.", *_note_min_p(used, alpha)]
+    notes = [f"treatment {t} vs base {b}; p: exact paired sign-flip test on EXPR F1.", EXPLORATORY,
+             *_note_min_p(used, alpha)]
     return Table("cross_dataset", "Cross-dataset comparison (study Table IV)", columns, tuple(rows), tuple(notes))
 
 
@@ -366,7 +388,7 @@ def _per_unit_tables(analysis: Analysis, prefix: str, key: str, title: str, unit
             rows.append((f"{name} †" if name in pair else name, MeanStd.of(c.b), MeanStd.of(c.a),
                          Delta(c.delta), f"{c.n_improved}/{c.n}", PValue(c.pvalue, alpha)))
         notes = [f"treatment {r.contrast.a_label} vs base {r.contrast.b_label}; Δ = mean paired difference; "
-                 f"'Improved' counts seeds where the treatment is higher."]
+                 f"'Improved' counts seeds where the treatment is higher.", EXPLORATORY]
         if pair:
             notes.append(f"† the degenerate (co-located) pair: {' and '.join(sorted(pair))}.")
         notes += _note_min_p(comps, alpha)
@@ -386,66 +408,103 @@ def per_au_table(analysis: Analysis) -> list[Table]:
     return _per_unit_tables(analysis, "au_f1/", "per_au", "Per-AU F1 (study Table X)", "AU")
 
 
-def contrast_table(results: Sequence[ContrastResult], title: str, key: str, alpha: float,
-                   holm_family: bool) -> Table | None:
-    """Long-format table of planned contrasts: one row per contrast x stratum x metric."""
-    comps = [c for r in results for c in r.comparisons]
-    if not comps:
+def hypotheses_table(analysis: Analysis) -> Table | None:
+    """The declared hypotheses: one row each, with Δ (A − B), CI, p, Holm p in a family, decision."""
+    results = analysis.hypotheses
+    if not results:
         return None
+    alpha = analysis.plan.alpha
     rows = []
-    for c in comps:
-        row = [c.contrast.label, c.stratum_label, metric_name(c.metric), MeanStd.of(c.a), MeanStd.of(c.b),
-               Delta(c.delta), Interval(*c.ci), f"{c.n_improved}/{c.n}", PValue(c.pvalue, alpha)]
-        if holm_family:
-            row.append(PValue(c.holm_pvalue, alpha))
-        row.append(f"{c.test.min_pvalue:.4g}")
-        rows.append(tuple(row))
-    columns = ["Contrast (A vs B)", "Stratum", "Metric", "A", "B", "Δ (A−B)", "95% CI", "Improved", "p"]
-    if holm_family:
-        columns.append("Holm p")
-    columns.append("min p")
-    notes = ["p: exact two-sided paired sign-flip test over matched seeds; 95% CI: percentile bootstrap of the "
-             "mean paired difference; 'Improved': seeds where A is better (lower for error severity)."]
-    if holm_family:
-        n_family = sum(1 for c in comps if math.isfinite(c.pvalue))
-        rejected = sum(1 for c in comps if math.isfinite(c.holm_pvalue) and c.holm_pvalue <= alpha)
-        notes.append(f"Holm step-down correction over the family of {n_family} tests; "
-                     f"{rejected} of {n_family} rejected at α = {alpha:g}.")
-    else:
-        notes.append("Primary contrasts are pre-planned single hypotheses, each at its own p (no correction).")
-    notes += _note_min_p(comps, alpha)
-    return Table(key, title, tuple(columns), tuple(rows), tuple(notes))
+    for r in results:
+        h = r.hypothesis
+        supported = r.decision == "supported"
+        rows.append((h.role, h.contrast_label, stratum_label(r.stratum) if r.stratum else "–", metric_name(h.metric),
+                     h.direction, r.n, Delta(r.delta), Interval(*r.ci), f"{r.n_improved}/{r.n}",
+                     PValue(r.pvalue, alpha, bold=supported and h.family is None),
+                     PValue(r.adjusted_pvalue, alpha, bold=supported) if h.family is not None else None,
+                     f"{r.test.min_pvalue:.4g}" if math.isfinite(r.test.min_pvalue) else None, r.decision))
+    notes = ["Declared in the plan (confirmatory). Δ = A − B as written; 95% CI: percentile bootstrap of the mean "
+             "paired difference; 'Improved': seeds where A is better (lower for error severity).",
+             "p: exact paired sign-flip test (two-sided unless a direction is declared); a primary is decided at "
+             f"its own α = {alpha:g}, a family member by its Holm-adjusted p within its family."]
+    return Table("hypotheses", "Declared hypotheses (confirmatory)",
+                 ("Role", "Contrast (A vs B)", "Stratum", "Metric", "Direction", "Seeds", "Δ (A−B)", "95% CI",
+                  "Improved", "p", "Holm p", "min p", "Decision"), tuple(rows), tuple(notes))
 
 
-def error_structure_table(analysis: Analysis) -> Table | None:
-    """Table XI: the secondary (Holm) family in the study's wide shape — per metric Δ [CI] and p (Holm p)."""
-    comps = [c for r in analysis.secondary for c in r.comparisons]
+def exploratory_table(analysis: Analysis) -> Table | None:
+    """The declared contrasts on every exploratory metric and stratum (long format), labelled so."""
+    comps = [c for r in analysis.exploratory for c in r.comparisons]
     if not comps:
         return None
     alpha = analysis.plan.alpha
-    metrics = [m for m in analysis.plan.metrics if any(c.metric == m for c in comps)]
-    keys = list(dict.fromkeys((c.contrast, c.stratum) for c in comps))
-    by = {(c.contrast, c.stratum, c.metric): c for c in comps}
-    rows = []
-    for contrast, stratum in keys:
-        n = max((by[(contrast, stratum, m)].n for m in metrics if (contrast, stratum, m) in by), default=0)
-        row: list[Any] = [contrast.label, stratum_label(stratum), n]
+    rows = [(c.contrast.label, c.stratum_label, metric_name(c.metric), MeanStd.of(c.a), MeanStd.of(c.b),
+             Delta(c.delta), Interval(*c.ci), f"{c.n_improved}/{c.n}", PValue(c.pvalue, alpha),
+             f"{c.test.min_pvalue:.4g}") for c in comps]
+    notes = ["p: exact two-sided paired sign-flip test over matched seeds, per contrast × stratum × metric; "
+             "95% CI: percentile bootstrap of the mean paired difference; 'Improved': seeds where A is better.",
+             EXPLORATORY, *_note_min_p(comps, alpha)]
+    return Table("exploratory", "Exploratory: the declared contrasts on every exploratory metric",
+                 ("Contrast (A vs B)", "Stratum", "Metric", "A", "B", "Δ (A−B)", "95% CI", "Improved",
+                  "p (exploratory)", "min p"), tuple(rows), tuple(notes))
+
+
+ERROR_STRUCTURE_FAMILY = "error_structure"
+
+
+def error_structure_table(analysis: Analysis) -> Table | None:
+    """Table XI in the study's shape and sign (Δ = circumplex − uniform): per metric Δ [CI] and p.
+
+    From the declared ``error_structure`` family (p with its Holm p) when the plan has one, else
+    from the exploratory circumplex-vs-uniform comparison (p labelled exploratory)."""
+    alpha = analysis.plan.alpha
+    family = analysis.family(ERROR_STRUCTURE_FAMILY)
+    if family:
+        metrics = list(dict.fromkeys(r.hypothesis.metric for r in family))
+        keys = list(dict.fromkeys((r.hypothesis.contrast_label, r.stratum) for r in family))
+        by = {(r.hypothesis.contrast_label, r.stratum, r.hypothesis.metric): r for r in family}
+        rows = []
+        for label, stratum in keys:
+            cells = [by.get((label, stratum, m)) for m in metrics]
+            row: list[Any] = [label, stratum_label(stratum) if stratum else "–",
+                              max((c.n for c in cells if c is not None), default=0)]
+            for c in cells:
+                row.append(f"{c.delta:+.3f} {Interval(*c.ci).text('md')}" if c else None)
+                row.append(f"{PValue(c.pvalue).text('csv')} ({PValue(c.adjusted_pvalue).text('csv')})" if c else None)
+                row.append(c.decision if c else None)
+            rows.append(tuple(row))
+        columns = ["Contrast (A vs B)", "Stratum", "Seeds"]
         for m in metrics:
-            c = by.get((contrast, stratum, m))
+            columns += [f"{metric_name(m)} Δ [95% CI]", f"{metric_name(m)} p (Holm)", f"{metric_name(m)} decision"]
+        rejected = sum(r.decision == "supported" for r in family)
+        notes = [f"Declared family {ERROR_STRUCTURE_FAMILY}: Holm over its {len(family)} hypotheses; "
+                 f"{rejected} of {len(family)} supported at α = {alpha:g}.",
+                 "Δ: mean paired difference A − B as declared (the study's sign: circumplex − uniform; negative "
+                 "error severity and positive quadrant keep favour the geometry), 95% percentile bootstrap CI.",
+                 *_note_min_p([r for r in family], alpha)]
+        return Table("error_structure", "Error structure, declared family (study Table XI)", tuple(columns),
+                     tuple(rows), tuple(notes))
+    r = analysis.error_structure
+    if r is None:
+        return None
+    metrics = [m for m in ("expr_f1", "error_severity", "quadrant_keep") if any(c.metric == m for c in r.comparisons)]
+    strata = list(dict.fromkeys(c.stratum for c in r.comparisons))
+    rows = []
+    for stratum in strata:
+        cells = [r.get(m, stratum) for m in metrics]
+        row = [r.contrast.label, stratum_label(stratum), max((c.n for c in cells if c is not None), default=0)]
+        for c in cells:
             row.append(f"{c.delta:+.3f} {Interval(*c.ci).text('md')}" if c else None)
-            row.append(f"{PValue(c.pvalue).text('csv')} ({PValue(c.holm_pvalue).text('csv')})" if c else None)
+            row.append(PValue(c.pvalue, alpha) if c else None)
         rows.append(tuple(row))
     columns = ["Contrast (A vs B)", "Stratum", "Seeds"]
     for m in metrics:
-        columns += [f"{metric_name(m)} Δ [95% CI]", f"{metric_name(m)} p (Holm)"]
-    n_family = sum(1 for c in comps if math.isfinite(c.pvalue))
-    rejected = sum(1 for c in comps if math.isfinite(c.holm_pvalue) and c.holm_pvalue <= alpha)
-    notes = [f"Secondary family: Holm over {n_family} tests (contrasts × strata × metrics); "
-             f"{rejected} of {n_family} rejected at α = {alpha:g}.",
-             "Δ: mean paired difference A − B with its 95% percentile bootstrap CI over seeds.",
-             *_note_min_p(comps, alpha)]
-    return Table("error_structure", "Error structure, secondary family (study Table XI)", tuple(columns),
-                 tuple(rows), tuple(notes))
+        columns += [f"{metric_name(m)} Δ [95% CI]", f"{metric_name(m)} p (exploratory)"]
+    notes = [f"Δ = {REFERENCE_COST} − {UNIFORM_COST} (the study's sign); the plan declares no "
+             f"{ERROR_STRUCTURE_FAMILY} family, so these p-values are exploratory.", EXPLORATORY,
+             *_note_min_p([c for c in r.comparisons if c.metric in metrics], alpha)]
+    return Table("error_structure", "Error structure, exploratory (study Table XI)", tuple(columns), tuple(rows),
+                 tuple(notes))
 
 
 def isolation_table(analysis: Analysis) -> Table | None:
@@ -464,7 +523,13 @@ def isolation_table(analysis: Analysis) -> Table | None:
         rows.append(("combined", c.n, c.statistic, PValue(c.pvalue, analysis.plan.alpha),
                      "exact" if c.exact else f"{c.n_permutations} random", "–"))
     notes = ["iso_k = min_{j≠k} C_kj under the true circumplex; ΔF1_k = mean paired per-class F1 change "
-             "(treatment − base). Two-sided permutation p over class labels (within each dataset when combined)."]
+             "(treatment − base). Per dataset: two-sided permutation p over class labels."]
+    if analysis.isolation_combined is not None:
+        side = {"two-sided": "two-sided", "greater": "one-sided in the predicted direction (ρ > 0)",
+                "less": "one-sided (ρ < 0)"}[analysis.isolation_combined.alternative]
+        notes.append(f"Combined: ranks within each dataset (their ΔF1 scales differ), labels permuted within each "
+                     f"dataset; {side}, as the plan states (not pre-registered in the study).")
+    notes.append(EXPLORATORY)
     return Table("isolation", "Class isolation vs ΔF1 (study §6.3)",
                  ("Stratum", "Classes", "Spearman ρ", "p", "Permutations", "least / most isolated"),
                  tuple(rows), tuple(notes))
@@ -491,30 +556,30 @@ def rsa_table(analysis: Analysis) -> Table | None:
                      PValue(test.pvalue, alpha) if test else None))
     base = f" (base: {stratum_label(analysis.baseline)})" if analysis.baseline else ""
     notes = ["rsa_rho: Spearman ρ between class-prototype cosine distances and the circumplex cost (§6.1); "
-             f"Δ and p: paired sign-flip test against the base over matched seeds{base}.",
+             f"Δ and p: paired sign-flip test against the base over matched seeds{base}.", EXPLORATORY,
              *_note_min_p(tests, alpha)]
     return Table("rsa", "Representational alignment with the circumplex (study Table XII)",
                  (*axes, "Seeds", "RSA ρ", "Δ vs base", "p vs base"), tuple(rows), tuple(notes))
 
 
-def design_table(analysis: Analysis) -> Table:
-    """Matched seeds per planned contrast and stratum, with the smallest attainable p."""
-    alpha = analysis.plan.alpha
+def design_table(analysis: Analysis) -> Table | None:
+    """Per declared hypothesis: paired seeds, zero differences, the smallest attainable p of the exact
+    test on the actual differences, and whether it can reach its threshold (α, or α/m in a family)."""
+    if not analysis.hypotheses:
+        return None
     rows = []
-    for r in (*analysis.primary, *analysis.secondary):
-        strata = r.pairing.by_stratum()
-        if not strata:
-            rows.append((r.contrast.role, r.contrast.label, "–", 0, None, "no pairs",
-                         len(r.pairing.unmatched), len(r.pairing.integrity)))
-        for stratum, pairs in strata.items():
-            floor = min(1.0, 2.0 / 2.0 ** len(pairs))
-            rows.append((r.contrast.role, r.contrast.label, stratum_label(stratum), len(pairs), f"{floor:.4g}",
-                         "yes" if floor <= alpha else "NO — cannot reach α", len(r.pairing.unmatched),
-                         len(r.pairing.integrity)))
-    return Table("design", "Design: matched seeds and the smallest attainable p",
-                 ("Role", "Contrast (A vs B)", "Stratum", "Paired seeds", "min attainable p", f"can reach α={alpha:g}",
-                  "Unmatched trials", "Integrity violations"), tuple(rows),
-                 ("Exact sign-flip test: min p = 2 / 2^n; with n = 6 it is 0.03125.",))
+    for r in analysis.hypotheses:
+        d, h = r.design, r.hypothesis
+        rows.append((h.role, h.label, d.n_paired, d.n_zero, f"{d.min_pvalue:.4g}" if math.isfinite(d.min_pvalue)
+                     else None, f"{d.threshold:.4g}" + ("" if h.family is None else f" (α/{d.family_size})"),
+                     "yes" if d.can_reach else "NO — this design cannot decide H",
+                     len(r.pairing.unmatched), len(r.pairing.integrity)))
+    return Table("design", "Design check: what each declared hypothesis can reach",
+                 ("Role", "Hypothesis", "Paired seeds", "Zero differences", "min attainable p", "Threshold",
+                  "Can reach", "Unmatched trials", "Integrity violations"), tuple(rows),
+                 ("Exact sign-flip test: min p = 2^(z+1) / 2^n two-sided with z zero differences among n "
+                  "(half that one-sided); n = 6 without zeros gives 0.03125, one zero 0.0625. A family member "
+                  "must reach α/m at Holm's first step.",))
 
 
 def pairing_issues_table(analysis: Analysis) -> Table | None:
@@ -543,13 +608,9 @@ def pairing_issues_table(analysis: Analysis) -> Table | None:
 
 def all_tables(analysis: Analysis) -> list[Table]:
     """Every table the sweep supports, in report order."""
-    alpha = analysis.plan.alpha
     candidates: list[Table | None] = [
+        hypotheses_table(analysis),
         design_table(analysis),
-        contrast_table(analysis.primary, "Primary contrasts (pre-planned single hypotheses)", "primary", alpha,
-                       holm_family=False),
-        contrast_table(analysis.secondary, "Secondary contrasts (Holm family)", "secondary", alpha,
-                       holm_family=True),
         method_table(analysis),
         cost_control_table(analysis),
         cross_dataset_table(analysis),
@@ -558,6 +619,7 @@ def all_tables(analysis: Analysis) -> list[Table]:
         error_structure_table(analysis),
         isolation_table(analysis),
         rsa_table(analysis),
+        exploratory_table(analysis),
         pairing_issues_table(analysis),
     ]
     return [t for t in candidates if t is not None]

@@ -1,7 +1,8 @@
 """How long the analysis of a large sweep takes.
 
-1,000 trials (10 seeds x 4 ground costs x 25 values of lambda), 10 planned contrasts (1 primary,
-9 secondary) over 4 metrics in each of the 25 strata, 10,000 bootstrap resamples per comparison,
+1,000 trials (10 seeds x 4 ground costs x 25 values of lambda), 10 declared contrasts (1 primary at
+lambda = 1; a family of the other 5 cost pairs x 4 metrics x 25 lambda strata; a family of 3 dose contrasts x 4
+metrics), the same contrasts on every exploratory metric, 10,000 bootstrap resamples per comparison,
 plus the descriptive comparisons behind the tables (every cost vs base and vs circumplex; the
 circumplex vs base on every class and AU). Prints the time of the statistics alone
 (``analysis.study.analyze``) and of the whole report (tables, figures, report.md/html).
@@ -29,13 +30,17 @@ COSTS = ("none", "circumplex", "permuted", "uniform")
 
 def plan(n_resamples: int, lams: list[float]) -> AnalysisPlan:
     cost = [{"method.cost": c} for c in COSTS]
-    secondary = [(cost[i], cost[j]) for i in range(1, 4) for j in range(i)]  # 6 pairs of costs
+    metrics = ["p_mtl", "expr_f1", "error_severity", "quadrant_keep"]
+    strata = [{"method.lam": lam} for lam in lams]
+    pairs = [{"contrast": [cost[i], cost[j]], "metrics": metrics, "strata": strata}
+             for i in range(1, 4) for j in range(i) if (i, j) != (3, 1)]  # 5 pairs of costs (+ the primary's)
     top, mid = lams[-1], lams[len(lams) // 2]
-    # three dose contrasts: the circumplex at the largest lambda vs the middle one, per cost
-    secondary += [({"method.cost": c, "method.lam": top}, {"method.cost": c, "method.lam": mid})
-                  for c in ("circumplex", "permuted", "uniform")]
-    return AnalysisPlan(baseline={"method.cost": "none"}, primary=[(cost[3], cost[1])], secondary=secondary,
-                        metrics=["p_mtl", "expr_f1", "error_severity", "quadrant_keep"], n_resamples=n_resamples)
+    # three dose contrasts: each cost at the largest lambda vs the middle one
+    dose = [{"contrast": [{"method.cost": c, "method.lam": top}, {"method.cost": c, "method.lam": mid}],
+             "metrics": metrics} for c in ("circumplex", "permuted", "uniform")]
+    primary = [{"contrast": [cost[3], cost[1]], "metric": "p_mtl", "stratum": {"method.lam": mid}}]
+    return AnalysisPlan(baseline={"method.cost": "none"}, primary=primary, families={"costs": pairs, "dose": dose},
+                        exploratory=metrics, n_resamples=n_resamples)
 
 
 def main() -> None:
@@ -53,21 +58,21 @@ def main() -> None:
         setup = time.perf_counter() - start
         sweep = load_sweep(directory)
         n_trials = len(sweep.results)
-        n_contrasts = len(the_plan.primary) + len(the_plan.secondary)
+        n_contrasts = len(the_plan.hypotheses())
 
         start = time.perf_counter()
         analysis = analyze(sweep, the_plan)
         stats_seconds = time.perf_counter() - start
-        computed = {id(r): r for r in (*analysis.primary, *analysis.secondary, *analysis.versus_baseline,
+        computed = {id(r): r for r in (*analysis.exploratory, *analysis.versus_baseline,
                                         *analysis.versus_reference, analysis.treatment_vs_baseline) if r is not None}
-        n_comparisons = sum(len(r.comparisons) for r in computed.values())
-        planned = sum(len(r.comparisons) for r in (*analysis.primary, *analysis.secondary))
+        n_comparisons = sum(len(r.comparisons) for r in computed.values()) + len(analysis.hypotheses)
+        planned = len(analysis.hypotheses)
 
         start = time.perf_counter()
         report = run_analysis(sweep, plan=the_plan)
         report_seconds = time.perf_counter() - start
 
-    print(f"trials: {n_trials}  planned contrasts: {n_contrasts}  bootstrap resamples: {args.resamples}")
+    print(f"trials: {n_trials}  declared hypotheses: {n_contrasts}  bootstrap resamples: {args.resamples}")
     print(f"comparisons (exact sign-flip test + bootstrap CI each): {n_comparisons} ({planned} planned)")
     print(f"(writing the synthetic sweep directory took {setup:.1f} s; not part of the timings)")
     print(f"statistics (analyze):          {stats_seconds:6.2f} s")

@@ -59,6 +59,7 @@ class SweepPlan:
     trials: list[Trial]
     axes: list[str]  # column order: grid keys then include keys (seed excluded: it has its own column)
     warnings: list[str] = field(default_factory=list)
+    design: list = field(default_factory=list)  # analysis.hypotheses.DesignRow per declared hypothesis
 
     @property
     def name(self) -> str:
@@ -178,7 +179,15 @@ def _grid_item(src: YamlSource, key: str, value: Any) -> str | None:
 
 
 def _check_analysis(plan: SweepPlan) -> None:
-    """Every selector of the analysis plan must name an axis and a value some trial has."""
+    """The analysis plan must mean something on this grid (METHODS §7), checked before anything runs:
+    every selector names an axis and a value some trial has, every metric is one the trainer writes,
+    and every hypothesis binds to matched pairs in exactly one stratum (analysis.hypotheses.resolve).
+    Stores the design check (paired seeds, attainable p, reachability) on the plan."""
+    import pandas as pd
+
+    from analysis.hypotheses import PlanError, design_check
+    from analysis.results import METRIC_COLUMNS, METRIC_PREFIXES, is_metric_column
+
     a, src = plan.spec.analysis, plan.source
     if a is None:
         return
@@ -188,9 +197,11 @@ def _check_analysis(plan: SweepPlan) -> None:
             if not any(same_value(v, x) for x in values[k]):
                 values[k].append(v)
     selectors = [("analysis.baseline", a.baseline)] if a.baseline else []
-    for group in ("primary", "secondary"):
-        for i, pair in enumerate(getattr(a, group)):
-            selectors += [(f"analysis.{group}.{i}.{j}", side) for j, side in enumerate(pair)]
+    hypotheses = a.hypotheses()
+    for h in hypotheses:
+        selectors += [(f"{h.where}.contrast.{j}", side) for j, side in enumerate((h.a, h.b))]
+        if h.stratum:
+            selectors.append((f"{h.where}.stratum", h.stratum))
     for where, sel in selectors:
         for key, value in sel.items():
             if key not in values:
@@ -198,6 +209,25 @@ def _check_analysis(plan: SweepPlan) -> None:
             if not any(same_value(value, v) for v in values[key]):
                 close = unknown_message(value, [_show(v) for v in values[key]], what="value")
                 raise src.error(where, f"{key}: {close}")
+
+    known = [*METRIC_COLUMNS, *(f"{p}<name>" for p in METRIC_PREFIXES)]
+    named = [(h.where + (".metric" if h.where + ".metric" in src.lines else ".metrics"), h.metric) for h in hypotheses]
+    named += [("analysis.exploratory", m) for m in a.exploratory]
+    for where, metric in named:
+        prefix = next((p for p in METRIC_PREFIXES if metric.startswith(p)), None)
+        if not is_metric_column(metric) or (prefix is not None and metric == prefix):
+            raise src.error(where, unknown_message(metric, known, what="metric"))
+
+    frame = pd.DataFrame([{"trial_id": t.trial_id, "seed": t.seed, "status": "done",
+                           **{k: _hashable(t.axes[k]) for k in plan.axes}} for t in plan.trials])
+    try:
+        plan.design = design_check(a, frame, plan.axes)
+    except PlanError as e:
+        raise src.error(e.where, e.message) from None
+
+
+def _hashable(value: Any) -> Any:
+    return _show(value) if isinstance(value, dict) else value
 
 
 def _seed_warnings(plan: SweepPlan) -> list[str]:
@@ -288,24 +318,44 @@ def format_dry_run(plan: SweepPlan, sweep_dir: Path) -> str:
                + ("" if local else " -- the trials do not fit here; run with --address on a cluster"))
     out.append(f"failure: max_retries {spec.failure.max_retries}; tracking: {spec.tracking.uri} "
                f"(experiment {spec.tracking.experiment!r})")
-    a = plan.analysis
-    out += ["", f"analysis plan {a.plan_hash()}" + ("" if spec.analysis else " (no analysis block: defaults)")]
-    if a.baseline:
-        out.append(f"  baseline:  {selector_label(a.baseline)}")
-    for group in ("primary", "secondary"):
-        pairs = getattr(a, group)
-        out.append(f"  {group}:" + ("" if pairs else " (none)"))
-        out += [f"    {selector_label(x)}  vs  {selector_label(y)}" for x, y in pairs]
-    out.append(f"  metrics:   {', '.join(a.metrics)}; alpha {a.alpha}")
-    n = len(plan.seeds)
-    p_min = 2.0 / 2 ** n
-    out.append(f"  {n} seeds -> smallest attainable two-sided p = 2/2^{n} = {p_min:.4g}")
-    if p_min > a.alpha:
-        need = next(k for k in range(1, 64) if 2.0 / 2 ** k <= a.alpha)
-        out.append(f"  WARNING: with {n} seeds no contrast can reach alpha={a.alpha}; "
-                   f"use at least {need} seeds")
+    out += _format_analysis(plan)
     out += [f"  WARNING: {w}" for w in plan.warnings]
     return "\n".join(out)
+
+
+def _format_analysis(plan: SweepPlan) -> list[str]:
+    """The plan and its design check: per hypothesis the paired seeds, the smallest attainable p of
+    the exact test (analysis.paired.min_attainable_pvalue; zeros can only raise it) and whether it
+    can reach its threshold (alpha for a primary, alpha/m at Holm's first step in a family of m)."""
+    from analysis.paired import min_attainable_pvalue, seeds_needed
+
+    a = plan.analysis
+    out = ["", f"analysis plan {a.plan_hash()}" + ("" if plan.spec.analysis else " (no analysis block: defaults)")]
+    if a.baseline:
+        out.append(f"  baseline:  {selector_label(a.baseline)}")
+    rows = plan.design
+    if not rows:
+        out.append("  hypotheses: none declared -- every result will be exploratory")
+    for family in dict.fromkeys(r.hypothesis.family for r in rows):
+        members = [r for r in rows if r.hypothesis.family == family]
+        out.append("  primary (each at alpha):" if family is None else
+                   f"  family {family} (Holm over m = {len(members)}; first step needs p <= alpha/m = "
+                   f"{members[0].threshold:.4g}):")
+        for r in members:
+            verdict = "can reach it" if r.can_reach else "CANNOT reach it -- this design cannot decide H"
+            out.append(f"    {r.hypothesis.label}: {r.n_paired} paired seeds, min attainable p "
+                       f"{r.min_pvalue:.4g} vs {r.threshold:.4g}: {verdict}")
+    out.append(f"  exploratory metrics: {', '.join(a.exploratory) or '(none)'}; alpha {a.alpha}")
+    n = len(plan.seeds)
+    p_min = min_attainable_pvalue(n)
+    out.append(f"  {n} seeds -> smallest attainable two-sided p = 2/2^{n} = {p_min:.4g} "
+               f"(zero differences raise it: 2^(z+1)/2^n)")
+    if p_min > a.alpha:
+        out.append(f"  WARNING: with {n} seeds no two-sided test can reach alpha={a.alpha}; "
+                   f"use at least {seeds_needed(a.alpha)} seeds")
+    out += [f"  WARNING: this design cannot decide H: {r.hypothesis.label} (min attainable p {r.min_pvalue:.4g} > "
+            f"{r.threshold:.4g})" for r in rows if not r.can_reach]
+    return out
 
 
 def _num(x: float) -> str:

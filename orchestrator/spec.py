@@ -180,7 +180,8 @@ def _item_lines(text: str) -> dict[str, int]:
 
     def walk(node, prefix: str) -> None:
         if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
+            for key_node, value_node in node.value:  # keys inside list items too (analysis.primary.0.metric)
+                out.setdefault(f"{prefix}{key_node.value}", key_node.start_mark.line + 1)
                 walk(value_node, f"{prefix}{key_node.value}.")
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
@@ -233,7 +234,7 @@ def describe_spec_error(err: ValidationError, src: YamlSource) -> ConfigError:
     elif first["type"] == "literal_error":
         msg = literal_message(first)
     # AnalysisPlan phrases its own errors as "primary.0: ..."; fold that path into ours
-    m = re.match(r"^([A-Za-z_][\w]*(?:\.\d+)*): (.*)$", msg)
+    m = re.match(r"^([A-Za-z_][\w]*(?:\.[\w-]+)*): (.*)$", msg)
     if m and loc and m.group(1).split(".")[0] == loc[-1]:
         loc, msg = [*loc[:-1], *m.group(1).split(".")], m.group(2)
     return src.error(".".join(loc), msg)

@@ -16,8 +16,9 @@ from analysis.results import load_sweep  # noqa: E402
 SWEEP = "mlflow-roundtrip"
 SPEC = {"name": SWEEP, "grid": {"seed": [0, 1, 2, 3, 4, 5], "method.cost": ["none", "circumplex"]},
         "analysis": {"baseline": {"method.cost": "none"},
-                     "primary": [[{"method.cost": "circumplex"}, {"method.cost": "none"}]],
-                     "metrics": ["p_mtl", "expr_f1"]}}
+                     "primary": [{"contrast": [{"method.cost": "circumplex"}, {"method.cost": "none"}],
+                                  "metric": "p_mtl"}],
+                     "exploratory": ["p_mtl", "expr_f1"]}}
 
 
 def metrics_of(cost, seed):
@@ -90,7 +91,8 @@ def test_trial_runs_load_into_the_results_frame(store):
             assert row[key] == pytest.approx(value)
     assert frame.loc["none5", "status"] == "failed" and frame.loc["circ0", "status"] == "done"
     assert sweep.axes == ("method.cost",)  # from the sweep.yaml logged on the parent run
-    assert sweep.plan.primary == [({"method.cost": "circumplex"}, {"method.cost": "none"})]
+    (h,) = sweep.plan.hypotheses()
+    assert (h.a, h.b, h.metric) == ({"method.cost": "circumplex"}, {"method.cost": "none"}, "p_mtl")
     assert sweep.mlflow["parent_run_id"] == parent_id
     names, matrix = sweep.confusion("circ3")
     assert names == ["a", "b"] and np.array_equal(matrix, [[5, 3], [1, 7]])
@@ -107,15 +109,17 @@ def test_without_the_yaml_the_axes_come_from_the_trial_tags(store):
 def test_analysis_from_mlflow_and_report_logged_to_the_parent_run(store, tmp_path):
     uri, client, parent_id, _ = store
     report = run_analysis(tracking_uri=uri, sweep=SWEEP, out=tmp_path)
-    (primary,) = report.analysis.primary
-    score = primary.get("p_mtl")
+    (score,) = report.analysis.hypotheses
     # seed 5 of the base failed: it is listed, and 5 pairs remain (min p = 2/32 > 0.05)
     assert score.n == 5 and score.pvalue == 0.0625
-    assert sorted(u.trial_id for u in primary.pairing.unmatched) == ["circ5", "none5"]
-    assert any("cannot reach significance" in w for w in report.warnings)
+    assert score.decision == "cannot be decided by this design"
+    assert sorted(u.trial_id for u in score.pairing.unmatched) == ["circ5", "none5"]
+    assert any("this design cannot decide H" in w for w in report.warnings)
 
     logged = log_report_to_mlflow(uri, parent_id, report.paths)
-    assert "report/report.html" in logged and "report/report.md" in logged
+    assert {"report/report.html", "report/report.md", "report/analysis.json"} <= set(logged)
+    local = client.download_artifacts(parent_id, "report/analysis.json", str(tmp_path / "dl"))
+    assert json.loads(open(local).read())["hypotheses"][0]["pvalue"] == 0.0625
     top = {a.path for a in client.list_artifacts(parent_id, "report")}
     assert {"report/report.html", "report/report.md", "report/figures", "report/tables"} <= top
     figures = {a.path for a in client.list_artifacts(parent_id, "report/figures")}

@@ -23,10 +23,12 @@ SEEDS = range(6)
 # mean per-class F1 change of the circumplex over the base in every seed
 DELTA_F1 = {"Neutral": 0.02, "Anger": -0.01, "Fear": 0.0, "Happy": 0.03}
 ANALYSIS = {"baseline": {"method.cost": "none"},
-            "primary": [[{"method.cost": "uniform"}, {"method.cost": "circumplex"}]],
-            "secondary": [[{"method.cost": "circumplex"}, {"method.cost": "none"}],
-                          [{"method.cost": "circumplex"}, {"method.cost": "uniform"}]],
-            "metrics": ["p_mtl", "expr_f1", "error_severity"], "n_resamples": 2000}
+            "primary": [{"contrast": [{"method.cost": "uniform"}, {"method.cost": "circumplex"}], "metric": "p_mtl"}],
+            "families": {"f": [{"contrast": [{"method.cost": "circumplex"}, {"method.cost": "none"}],
+                                "metrics": ["p_mtl", "error_severity"]},
+                               {"contrast": [{"method.cost": "circumplex"}, {"method.cost": "uniform"}],
+                                "metric": "error_severity"}]},
+            "exploratory": ["p_mtl", "expr_f1", "error_severity"], "n_resamples": 2000}
 
 
 def build_sweep(directory, drop=(), tamper=()):
@@ -82,17 +84,24 @@ def test_writes_markdown_html_and_table_files_into_the_sweep_directory(report):
         assert (report.directory / "report_files" / "tables" / f"{t.key}.tex").read_text() == t.to_latex()
 
 
-def test_markdown_has_plan_contrasts_tables_and_figures(report):
+def test_markdown_answers_first_then_design_study_tables_and_exploratory(report):
     md = report.markdown.read_text()
     assert f"`{AnalysisPlan.model_validate(ANALYSIS).plan_hash()}`" in md and report.plan_hash in md
-    primary = md[md.index("**Primary**"):md.index("**Secondary**")]
-    secondary = md[md.index("**Secondary**"):md.index("## Warnings")]
-    assert "method.cost=uniform **vs** method.cost=circumplex" in primary
-    assert "method.cost=circumplex **vs** method.cost=none" in secondary and "uniform **vs**" not in secondary
+    headings = [line for line in md.splitlines() if line.startswith("## ")]
+    assert headings[:2] == ["## Answers", "## Design check"]
+    assert headings.index("## Study tables") < headings.index("## Exploratory")
+    answers = md[md.index("## Answers"):md.index("## Design check")].strip().splitlines()[1:]
+    answers = [a for a in answers if a]
+    assert len(answers) == 4  # one sentence per declared hypothesis
+    assert answers[0].startswith("- Primary: method.cost=uniform vs method.cost=circumplex on p_mtl: Δ (A − B) =")
+    assert all(a.rstrip(".").endswith(("supported", "cannot be decided by this design")) for a in answers)
+    assert "Holm p = " in answers[1] and "in family f of 3" in answers[1]
     for title in ("Method table (study Table I)", "Cost controls (study Table II)", "Per-class EXPR F1",
-                  "Error structure, secondary family (study Table XI)", "Class isolation vs ΔF1",
+                  "Error structure, exploratory (study Table XI)", "Class isolation vs ΔF1",
                   "Representational alignment", "Pairing issues"):
         assert title in md
+    exploratory = md[md.index("## Exploratory"):]
+    assert "Exploratory: the declared contrasts" in exploratory and "Pairing issues" in exploratory
     for figure in report.figures:
         assert figure.is_file() and f"]({figure.relative_to(report.directory).as_posix()})" in md
     names = {f.name for f in report.figures}
@@ -101,12 +110,13 @@ def test_markdown_has_plan_contrasts_tables_and_figures(report):
 
 def test_unmatched_and_integrity_violations_are_reported(report):
     md = report.markdown.read_text()
-    warnings = md[md.index("## Warnings"):md.index("## Tables")]
+    warnings = md[md.index("## Warnings"):md.index("## Study tables")]
     assert "could not be paired" in warnings and "matched-seed integrity violated" in warnings
     issues = report.table("pairing_issues").to_csv()
     assert "circumplex-4" in issues and "no B trial with seed 4" in issues      # its uniform partner is missing
     assert "circumplex-2 / none-2" in issues and "tampered" in issues
-    circ_vs_none = report.analysis.secondary[0].get("p_mtl")
+    circ_vs_none = report.analysis.hypotheses[1]
+    assert circ_vs_none.hypothesis.contrast_label == "method.cost=circumplex vs method.cost=none"
     assert circ_vs_none.n == 5 and 2 not in circ_vs_none.seeds
 
 
@@ -152,7 +162,8 @@ def test_cli_names_a_missing_sweep_and_exits_2(tmp_path, capsys):
 
 def test_analysis_never_imports_torch_trainers_or_orchestrator():
     code = ("import sys, analysis.report, analysis.study, analysis.tables, analysis.figures, analysis.demo, "
-            "analysis.errors, analysis.paired, analysis.pairing, analysis.results, analysis.plan, analysis.isolation; "
+            "analysis.errors, analysis.paired, analysis.pairing, analysis.results, analysis.plan, analysis.isolation, "
+            "analysis.hypotheses; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'trainers', 'orchestrator', 'ray')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

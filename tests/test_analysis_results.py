@@ -14,7 +14,8 @@ SPEC = {
     "base": {"dataset": {"name": "synthetic"}, "method": {"name": "ot"}},
     "grid": {"seed": [0, 1], "method.cost": ["none", "circumplex"], "method.lam": [0.5, 1.0]},
     "analysis": {"baseline": {"method.cost": "none"},
-                 "secondary": [[{"method.cost": "circumplex"}, {"method.cost": "none"}]]},
+                 "families": {"f": [{"contrast": [{"method.cost": "circumplex"}, {"method.cost": "none"}],
+                                     "metric": "p_mtl"}]}},
 }
 
 
@@ -96,7 +97,7 @@ def test_bad_inputs_are_named(tmp_path, sweep_dir):
     pd.DataFrame({"seed": [0]}).to_csv(tmp_path / "r.csv", index=False)
     with pytest.raises(ValueError, match="trial_id"):
         load_results(tmp_path / "r.csv")
-    spec = dict(SPEC, analysis={"primary": [[{"method.cost": "a"}]]})
+    spec = dict(SPEC, analysis={"primary": [{"contrast": [{"method.cost": "a"}], "metric": "p_mtl"}]})
     (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(spec))
-    with pytest.raises(ValueError, match=r"sweep.yaml: analysis.primary: .*pair"):
+    with pytest.raises(ValueError, match=r"sweep.yaml: analysis.primary.0.contrast: .*pair"):
         load_sweep(sweep_dir)

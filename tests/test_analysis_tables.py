@@ -48,11 +48,12 @@ def hand_frame(seeds=range(6)):
     return pd.DataFrame(rows)
 
 
-PLAN = AnalysisPlan(baseline={"method.cost": "none"},
-                    primary=[({"method.cost": "uniform"}, {"method.cost": "circumplex"})],
-                    secondary=[({"method.cost": "circumplex"}, {"method.cost": "none"}),
-                               ({"method.cost": "circumplex"}, {"method.cost": "uniform"})],
-                    metrics=["p_mtl", "error_severity"], n_resamples=2000)
+CIRC, NONE, UNIFORM = {"method.cost": "circumplex"}, {"method.cost": "none"}, {"method.cost": "uniform"}
+PLAN = AnalysisPlan(baseline=NONE,
+                    primary=[{"contrast": [UNIFORM, CIRC], "metric": "p_mtl"}],
+                    families={"f": [{"contrast": [CIRC, NONE], "metrics": ["p_mtl", "error_severity"]},
+                                    {"contrast": [CIRC, UNIFORM], "metrics": ["p_mtl", "error_severity"]}]},
+                    exploratory=["p_mtl", "error_severity"], n_resamples=2000)
 
 
 def sweep_of(frame):
@@ -65,11 +66,13 @@ def analysis():
 
 
 def test_significance_pattern_of_the_planned_contrasts(analysis):
-    (primary,) = analysis.primary
-    uniform_vs_circ = primary.get("p_mtl")
+    uniform_vs_circ = analysis.hypotheses[0]
+    assert uniform_vs_circ.hypothesis.family is None and uniform_vs_circ.hypothesis.metric == "p_mtl"
     assert uniform_vs_circ.pvalue == pytest.approx(brute_p(NOISE)) and uniform_vs_circ.pvalue > 0.05
     assert uniform_vs_circ.delta == pytest.approx(NOISE.mean())
-    circ_vs_none = analysis.secondary[0].get("p_mtl")
+    assert uniform_vs_circ.decision == "not supported"
+    circ_vs_none = analysis.hypotheses[1]
+    assert circ_vs_none.hypothesis.contrast_label == "method.cost=circumplex vs method.cost=none"
     assert circ_vs_none.pvalue == 0.03125
     assert circ_vs_none.delta == pytest.approx(0.01)
     assert circ_vs_none.n_improved == 6
@@ -77,23 +80,25 @@ def test_significance_pattern_of_the_planned_contrasts(analysis):
 
 
 def test_holm_family_equals_statsmodels(analysis):
-    comps = [c for r in analysis.secondary for c in r.comparisons]
-    assert [(c.contrast.label, c.metric) for c in comps] == [
+    comps = analysis.family("f")
+    assert [(c.hypothesis.contrast_label, c.hypothesis.metric) for c in comps] == [
         ("method.cost=circumplex vs method.cost=none", "p_mtl"),
         ("method.cost=circumplex vs method.cost=none", "error_severity"),
         ("method.cost=circumplex vs method.cost=uniform", "p_mtl"),
         ("method.cost=circumplex vs method.cost=uniform", "error_severity")]
     raw = [c.pvalue for c in comps]
     assert raw == pytest.approx([0.03125, 0.03125, brute_p(-NOISE), 0.03125])
-    np.testing.assert_allclose([c.holm_pvalue for c in comps], multipletests(raw, method="holm")[1])
+    np.testing.assert_allclose([c.adjusted_pvalue for c in comps], multipletests(raw, method="holm")[1])
     # three tests at the floor: Holm gives 4*0.03125 = 0.125 to the first, none survives at 0.05
-    assert min(c.holm_pvalue for c in comps) == pytest.approx(0.125)
-    # primary contrasts are not members of the family
-    assert all(math.isnan(c.holm_pvalue) for c in analysis.primary[0].comparisons)
+    assert min(c.adjusted_pvalue for c in comps) == pytest.approx(0.125)
+    assert {c.decision for c in comps} == {"cannot be decided by this design"}  # 0.03125 > 0.05/4
+    # a primary is not adjusted: its adjusted p is its p
+    assert analysis.hypotheses[0].adjusted_pvalue == analysis.hypotheses[0].pvalue
 
 
 def test_error_severity_improvement_counts_decreases(analysis):
-    es = analysis.secondary[0].get("error_severity")
+    es = analysis.hypotheses[2]
+    assert es.hypothesis.metric == "error_severity"
     assert es.delta == pytest.approx((ES["circumplex"] - ES["none"]).mean())
     assert es.n_improved == 6  # lower error severity is better
 
@@ -119,14 +124,14 @@ def test_cost_control_table_shape_and_pvalues(analysis):
     assert rows["uniform"][4] == "0.03125"                      # uniform - base > 0 in every seed
     assert float(rows["uniform"][5]) == pytest.approx(brute_p(NOISE))  # uniform vs circumplex: n.s.
     md = table.to_markdown()
-    assert "| circumplex | 6 |" in md and "**0.03125**" in md
+    assert "| circumplex | 6 |" in md and "0.03125" in md and "**" not in md.split("\n", 1)[1]  # exploratory
     assert "smallest attainable p = 0.03125" in md
 
 
 def test_per_class_and_per_au_tables(analysis):
     (classes,) = per_class_table(analysis)
     rows = {r[0]: r for r in classes.cells("md")}
-    assert rows["Anger"][3] == "-0.020" and rows["Anger"][4] == "0/6" and rows["Anger"][5] == "**0.03125**"
+    assert rows["Anger"][3] == "-0.020" and rows["Anger"][4] == "0/6" and rows["Anger"][5] == "0.03125"
     assert rows["Fear"][3] == "+0.000" and rows["Fear"][5] == "1"
     (aus,) = per_au_table(analysis)
     assert aus.cells("md") == [["AU1", "0.578 ± 0.000", "0.578 ± 0.000", "+0.000", "0/6", "1"]]
@@ -135,7 +140,7 @@ def test_per_class_and_per_au_tables(analysis):
 def test_every_format_renders_every_table(analysis):
     tables = all_tables(analysis)
     keys = [t.key for t in tables]
-    assert keys[:4] == ["design", "primary", "secondary", "method"]
+    assert keys[:3] == ["hypotheses", "design", "method"]
     assert {"cost_controls", "per_class", "per_au", "error_structure"} <= set(keys)
     for t in tables:
         csv_text, md, html, tex = t.to_csv(), t.to_markdown(), t.to_html(), t.to_latex()
@@ -145,16 +150,19 @@ def test_every_format_renders_every_table(analysis):
         assert html.count("<tr>") == len(t.rows) + 1
         assert tex.count(r"\\") == len(t.rows) + 1 and r"\begin{tabular}" in tex
     cost = next(t for t in tables if t.key == "cost_controls")
-    assert r"\textbf{0.03125}" in cost.to_latex() and "<strong>0.03125</strong>" in cost.to_html()
+    # exploratory p-values are never bold, at any p
+    assert r"\textbf" not in cost.to_latex() and "<strong>" not in cost.to_html()
 
 
 def test_too_few_seeds_warns_that_alpha_is_unreachable():
     analysis = analyze(sweep_of(hand_frame(seeds=range(5))), PLAN)
-    assert any("smallest attainable p is 0.0625 > alpha = 0.05" in w for w in analysis.warnings)
+    assert any("smallest attainable p = 0.0625 vs alpha" in w and "this design cannot decide H" in w
+               for w in analysis.warnings)
     design = next(t for t in all_tables(analysis) if t.key == "design")
-    assert set(design.column("can reach α=0.05")) == {"NO — cannot reach α"}
-    secondary = next(t for t in all_tables(analysis) if t.key == "secondary")
-    assert any("WARNING: with n = 5 paired seeds the smallest attainable p is 0.0625" in n for n in secondary.notes)
+    assert set(design.column("Can reach")) == {"NO — this design cannot decide H"}
+    assert {r.decision for r in analysis.hypotheses} == {"cannot be decided by this design"}
+    exploratory = next(t for t in all_tables(analysis) if t.key == "exploratory")
+    assert any("WARNING: with n = 5 paired seeds the smallest attainable p is 0.0625" in n for n in exploratory.notes)
 
 
 def test_unmatched_and_integrity_rows_appear_in_the_report_tables():
@@ -166,7 +174,7 @@ def test_unmatched_and_integrity_rows_appear_in_the_report_tables():
     text = issues.to_csv()
     assert "circumplex-5" in text and "no B trial with seed 5" in text          # circumplex vs uniform
     assert "circumplex-2 / none-2" in text and "tampered" in text               # integrity, listed
-    circ_vs_none = analysis.secondary[0].get("p_mtl")
+    circ_vs_none = analysis.hypotheses[1]
     assert circ_vs_none.n == 5 and 2 not in circ_vs_none.seeds                  # excluded, not paired
     assert any("matched-seed integrity violated" in w for w in analysis.warnings)
 

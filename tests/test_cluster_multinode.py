@@ -50,8 +50,8 @@ resources: {{cpu: 1}}
 failure: {{max_retries: {retries}}}
 tracking: {{uri: {uri}, experiment: {name}}}
 analysis:
-  primary: [[{{method.cost: circumplex}}, {{method.cost: none}}]]
-  metrics: [p_mtl]
+  primary: [{{contrast: [{{method.cost: circumplex}}, {{method.cost: none}}], metric: p_mtl}}]
+  exploratory: [p_mtl]
 storage: {storage}
 """
 

@@ -64,8 +64,9 @@ ERRORS = [
     ("unknown base key", lambda b: b.replace("n: 300", "nn: 300"),
      ':3: base.dataset.nn: unknown key \'nn\' (did you mean "n"?)'),
     ("analysis selector value",
-     lambda b: b + "analysis:\n  primary: [[{method.cost: circumplx}, {method.cost: none}]]\n",
-     ':11: analysis.primary.0.0: method.cost: unknown value \'circumplx\' (did you mean "circumplex"?)'),
+     lambda b: b + "analysis:\n  primary:\n    - {contrast: [{method.cost: circumplx}, {method.cost: none}], "
+                   "metric: p_mtl}\n",
+     ':12: analysis.primary.0.contrast.0: method.cost: unknown value \'circumplx\' (did you mean "circumplex"?)'),
     ("analysis unknown key", lambda b: b + "analysis:\n  primry: []\n",
      ':11: analysis.primry: unknown key (did you mean "primary"?)'),
     ("exclude value", lambda b: b + "exclude: [{method.cost: nne}]\n",
@@ -182,8 +183,8 @@ def test_dry_run_prints_grid_resources_and_analysis_plan(tmp_path, capsys):
         max_concurrent: 3
         analysis:
           baseline: {method.cost: none}
-          primary: [[{method.cost: circumplex}, {method.cost: none}]]
-          metrics: [p_mtl, expr_f1]
+          primary: [{contrast: [{method.cost: circumplex}, {method.cost: none}], metric: p_mtl}]
+          exploratory: [p_mtl, expr_f1]
         """)
     path = write(tmp_path, text)
     assert cli_main(["run", str(path), "--dry-run"]) == 0
@@ -195,13 +196,15 @@ def test_dry_run_prints_grid_resources_and_analysis_plan(tmp_path, capsys):
     for t, row in zip(plan.trials, lines[4:8]):
         assert row.split() == [t.trial_id, str(t.seed), t.axes["method.cost"]]
     assert "resources: per trial cpu=1 gpu=0.5; max_concurrent 3;" in out
-    plan_hash = AnalysisPlan.model_validate({"baseline": {"method.cost": "none"},
-                                             "primary": [[{"method.cost": "circumplex"}, {"method.cost": "none"}]],
-                                             "metrics": ["p_mtl", "expr_f1"]}).plan_hash()
+    plan_hash = AnalysisPlan.model_validate({
+        "baseline": {"method.cost": "none"},
+        "primary": [{"contrast": [{"method.cost": "circumplex"}, {"method.cost": "none"}], "metric": "p_mtl"}],
+        "exploratory": ["p_mtl", "expr_f1"]}).plan_hash()
     assert f"analysis plan {plan_hash}" in out
-    assert "    method.cost=circumplex  vs  method.cost=none" in out
+    assert ("    method.cost=circumplex vs method.cost=none on p_mtl: 2 paired seeds, min attainable p 0.5 vs 0.05: "
+            "CANNOT reach it -- this design cannot decide H") in out
     assert "2 seeds -> smallest attainable two-sided p = 2/2^2 = 0.5" in out
-    assert "WARNING: with 2 seeds no contrast can reach alpha=0.05; use at least 6 seeds" in out
+    assert "WARNING: with 2 seeds no two-sided test can reach alpha=0.05; use at least 6 seeds" in out
     assert not (tmp_path / "runs").exists()
 
 
@@ -209,7 +212,10 @@ def test_dry_run_of_the_demo_reaches_alpha(capsys):
     assert cli_main(["run", "sweeps/demo.yaml", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("sweep demo: 24 trials (4 conditions x 6 seeds)")
-    assert "6 seeds -> smallest attainable two-sided p = 2/2^6 = 0.03125" in out and "WARNING" not in out
+    assert "6 seeds -> smallest attainable two-sided p = 2/2^6 = 0.03125" in out
+    # the primary can reach alpha; the two-member error_structure family cannot (0.03125 > 0.05/2)
+    assert "on p_mtl: 6 paired seeds, min attainable p 0.03125 vs 0.05: can reach it" in out
+    assert out.count("WARNING: this design cannot decide H") == 2 and "WARNING: with" not in out
 
 
 def test_unpaired_seeds_are_warned_about(tmp_path):

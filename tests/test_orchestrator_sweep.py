@@ -45,8 +45,8 @@ resources: {{cpu: 1}}
 failure: {{max_retries: 1}}
 tracking: {{uri: {uri}, experiment: e2e}}
 analysis:
-  primary: [[{{method.cost: circumplex}}, {{method.cost: none}}]]
-  metrics: [p_mtl, va_ccc]
+  primary: [{{contrast: [{{method.cost: circumplex}}, {{method.cost: none}}], metric: p_mtl}}]
+  exploratory: [p_mtl, va_ccc]
 storage: {storage}
 """
 
