@@ -152,6 +152,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;color:#222;
 padding:0 1em}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+div.wide{max-width:100%;overflow-x:auto}li,p{overflow-wrap:anywhere}
 table.affsweep{border-collapse:collapse;margin:1.2em 0 .3em;font-size:.86em}
 table.affsweep caption{text-align:left;font-weight:600;padding:.3em 0}
 table.affsweep th,table.affsweep td{border:1px solid #ccc;padding:.25em .55em;text-align:left}
@@ -189,7 +190,7 @@ def _html(analysis: Analysis, tables: Sequence[Table], figures: Sequence[tuple[s
         "<h2>Warnings</h2><ul id='warnings'>",
         "".join(f"<li class='warn'>⚠ {html.escape(w)}</li>" for w in analysis.warnings) or "<li>none</li>",
         "</ul><h2>Tables</h2>",
-        *[t.to_html() for t in tables],
+        *[f"<div class='wide'>{t.to_html()}</div>" for t in tables],  # a wide table scrolls in its own box
         "<h2>Figures</h2>",
     ]
     for caption, path in figures:

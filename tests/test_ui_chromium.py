@@ -123,3 +123,33 @@ def test_mlflow_ui_opens_on_the_summary_runs_and_their_means(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+@pytest.mark.timeout(600)
+def test_report_html_has_no_horizontal_overflow_at_1280px(tmp_path):
+    import pandas as pd
+    import yaml
+    from test_analysis_report import build_sweep
+
+    from analysis.report import run_analysis
+
+    chromium()
+    sweep = build_sweep(tmp_path / "hand")
+    # long axis values (as real backbones and presets have) make the condition labels and tables wide
+    frame = pd.read_parquet(sweep / "results.parquet")
+    frame["dataset.preset"] = "affwild2_like_balanced_long_preset"
+    frame.to_parquet(sweep / "results.parquet", index=False)
+    spec = yaml.safe_load((sweep / "sweep.yaml").read_text())
+    spec["grid"]["dataset.preset"] = ["affwild2_like_balanced_long_preset"]
+    (sweep / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    report = run_analysis(sweep)
+    probe = tmp_path / "probe.html"
+    measure = ("<script>const d=document.documentElement;"
+               "document.body.setAttribute('data-width', d.scrollWidth + 'x' + d.clientWidth);</script></body>")
+    probe.write_text(report.html.read_text().replace("</body>", measure))
+    dom = render(probe.as_uri(), tmp_path, "report", width=1280, budget_ms=5000)
+    scroll, client = map(int, dom.split("data-width=\"", 1)[1].split("\"", 1)[0].split("x"))
+    assert client == 1280 and scroll <= client, f"report is {scroll} px wide in a {client} px window"
+    assert "class=\"wide\"" in dom  # the tables sit in their own scroll box
