@@ -243,3 +243,20 @@ def test_workstation_yaml_validates_against_rays_schema_and_holds_no_secret():
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
     assert all("/repo/.venv/bin/ray " in c for c in starts)  # Ray from the project's venv
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
+
+
+def test_submit_reads_a_relative_sweep_path_in_the_clone(tmp_path, monkeypatch):
+    """`ray submit` runs submit.py from the head's home: `-- sweeps/X.yaml` means the clone's file."""
+    import orchestrator.cli
+    from orchestrator import submit
+
+    seen = {}
+    monkeypatch.setattr(orchestrator.cli, "main", lambda argv: seen.update(argv=argv, cwd=os.getcwd()) or 0)
+    monkeypatch.chdir(tmp_path)
+    assert submit.main(["--", "sweeps/demo.yaml", "--resume"]) == 0
+    assert seen == {"argv": ["run", "sweeps/demo.yaml", "--resume", "--address", "auto"], "cwd": str(REPO)}
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "demo.yaml").write_text("name: mine\n")
+    monkeypatch.chdir(tmp_path)
+    submit.main(["sweeps/demo.yaml"])
+    assert seen["cwd"] == str(tmp_path)  # a file where the command runs wins
