@@ -153,3 +153,17 @@ def test_report_html_has_no_horizontal_overflow_at_1280px(tmp_path):
     scroll, client = map(int, dom.split("data-width=\"", 1)[1].split("\"", 1)[0].split("x"))
     assert client == 1280 and scroll <= client, f"report is {scroll} px wide in a {client} px window"
     assert "class=\"wide\"" in dom  # the tables sit in their own scroll box
+
+
+def test_store_is_a_model_training_experiment_with_top_level_summaries(tmp_path):
+    """What the UI reads (checked without a browser): the experiment's kind tag, and which runs are
+    top-level (the UI's runs table lists top-level runs and folds children under their parent)."""
+    from mlflow.tracking import MlflowClient
+
+    uri, experiment_id = fake_sweep_store(tmp_path)
+    client = MlflowClient(uri)
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment_id])
+    top = sorted(r.info.run_name for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert top == ["summary method.cost=circumplex", "summary method.cost=none", "ui-demo"]
+    assert len(runs) == 7  # + 4 trial runs under the sweep's run
