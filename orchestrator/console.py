@@ -31,7 +31,7 @@ class LiveView(tune.Callback):
         """``say`` prints a plain line (``print``, or a test's collector); the in-place line is drawn on
         ``stream`` (stdout) only when ``say`` is ``print`` and ``stream`` is a terminal, or ``tty``."""
         self.name, self.total, self.skipped, self.emit = name, total, skipped, say
-        self.stream = stream or sys.stdout
+        self._stream = stream
         self.tty = (say is print and self.stream.isatty()) if tty is None else tty
         self.refresh_s, self.heartbeat_s, self.clock = refresh_s, heartbeat_s, clock
         self.start = clock()
@@ -39,6 +39,16 @@ class LiveView(tune.Callback):
         self.retries = 0
         self._drawn = self._last_draw = self._last_line = 0.0
         self._shown = ""
+
+    @property
+    def stream(self):
+        return self._stream or sys.stdout  # looked up when used: Tune pickles its callbacks
+
+    def __getstate__(self):
+        return {**self.__dict__, "_stream": None, "emit": None if self.emit is print else self.emit}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, emit=state["emit"] or print)
 
     # --- what is shown ----------------------------------------------------------------------------
     def status(self) -> str:
