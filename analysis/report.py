@@ -178,6 +178,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;color:#222;
 padding:0 1em}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+div.wide{max-width:100%;overflow-x:auto}li,p{overflow-wrap:anywhere}
 table.affsweep{border-collapse:collapse;margin:1.2em 0 .3em;font-size:.86em}
 table.affsweep caption{text-align:left;font-weight:600;padding:.3em 0}
 table.affsweep th,table.affsweep td{border:1px solid #ccc;padding:.25em .55em;text-align:left}
@@ -187,6 +188,11 @@ p.note{font-size:.8em;color:#555;margin:.1em 0}.warn{color:#a04000}
 figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#444}
 code{background:#f4f4f4;padding:0 .25em}
 """
+
+
+def _wide(table: Table) -> str:
+    """A table in its own scrolling box, so a wide one never widens the page."""
+    return f"<div class='wide'>{table.to_html()}</div>"
 
 
 def _html(analysis: Analysis, tables: Sequence[Table], figures: Sequence[tuple[str, Path]], plan_hash: str) -> str:
@@ -202,17 +208,17 @@ def _html(analysis: Analysis, tables: Sequence[Table], figures: Sequence[tuple[s
         f"<h1>Analysis of sweep <code>{html.escape(analysis.sweep.name)}</code></h1>",
         f"<h2 id='answers'>Answers</h2><ul id='answer-list'>{items(_answers(analysis))}</ul>",
         "<h2 id='design-check'>Design check</h2>",
-        *[t.to_html() for t in first if t.key == "design"],
-        *[t.to_html() for t in first if t.key == "hypotheses"],
+        *[_wide(t) for t in first if t.key == "design"],
+        *[_wide(t) for t in first if t.key == "hypotheses"],
         f"<h2>Sweep</h2><ul>{items(_header(analysis, plan_hash))}</ul>",
         f"<p>plan hash: <code id='plan-hash'>{plan_hash}</code></p>",
         f"<h2>Warnings</h2><ul id='warnings'>{items((f'⚠ {w}' for w in analysis.warnings), 'warn')}</ul>",
         "<h2>Study tables</h2><p class='note'>Only the declared hypotheses above are confirmatory; every p-value "
         "below is exploratory.</p>",
-        *[t.to_html() for t in middle],
+        *[_wide(t) for t in middle],
         "<h2 id='exploratory'>Exploratory</h2><p class='note'>Exploratory results: p-values are shown for "
         "orientation, not adjusted, and not findings.</p>",
-        *[t.to_html() for t in last],
+        *[_wide(t) for t in last],
         "<h2>Figures</h2>",
     ]
     for caption, path in figures:

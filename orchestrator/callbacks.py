@@ -35,6 +35,9 @@ class SweepCallback(tune.Callback):
         self._safely(lambda: tracking.refresh_summaries(self.plan, self.sweep_dir, self.tracker, only=t.condition))
         _drop_ray_checkpoint(trial)
 
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        _drop_ray_checkpoint(trial, keep=getattr(checkpoint, "path", None))
+
     def on_trial_recover(self, iteration, trials, trial, **info):
         tid = trial_name(trial)
         error = record.read_state(record.trial_dir(self.sweep_dir, tid)).get("error") or "worker lost"
@@ -70,10 +73,13 @@ def trial_error(sweep_dir: Path, tid: str, trial) -> str:
     return "the trial's worker died"
 
 
-def _drop_ray_checkpoint(trial) -> None:
-    """A finished trial is never restored: free Ray's copy of its last checkpoint (the trial
-    directory keeps ``checkpoints/last.pt``). Only for local storage."""
-    ckpt = getattr(trial, "checkpoint", None)
-    path = getattr(ckpt, "path", None)
-    if path and Path(path).is_dir() and Path(path).name.startswith("checkpoint_"):
-        shutil.rmtree(path, ignore_errors=True)
+def _drop_ray_checkpoint(trial, keep: str | None = None) -> None:
+    """Free Ray's copies of a trial's checkpoints: all but ``keep`` (the one just reported, which a
+    retry resumes from), or all of them once the trial finished -- it is never restored, and the
+    trial directory keeps ``checkpoints/last.pt``. Only for local storage."""
+    path = keep or getattr(getattr(trial, "checkpoint", None), "path", None)
+    if not path or not Path(path).is_dir() or not Path(path).name.startswith("checkpoint_"):
+        return
+    for old in Path(path).parent.glob("checkpoint_*"):
+        if old.is_dir() and (keep is None or old.name < Path(keep).name):
+            shutil.rmtree(old, ignore_errors=True)

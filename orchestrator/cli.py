@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="resume an interrupted sweep (finished trials are skipped)")
     run.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     run.add_argument("--storage", default=None, help="override the sweep's storage directory")
+    run.add_argument("--verbose", action="store_true",
+                     help="Ray Tune's status table and Ray's own log lines instead of the live status line")
 
     train = sub.add_parser("train", help="run one trial without Ray")
     train.add_argument("config", help="trial YAML (a TrialConfig)")

@@ -73,7 +73,7 @@ def main(args) -> int:
               file=sys.stderr)
         return 2
     try:
-        outcome = run_sweep(plan, sweep_dir, address=args.address)
+        outcome = run_sweep(plan, sweep_dir, address=args.address, verbose=getattr(args, "verbose", False))
     except SweepBusy as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -85,8 +85,12 @@ class SweepBusy(RuntimeError):
 
 
 def run_sweep(plan: SweepPlan, sweep_dir: Path, address: str | None = None, analyze: bool = True,
-              say: Callable[[str], None] = print) -> SweepOutcome:
-    """Run the trials of ``plan`` that are not done yet; write results, MLflow runs and the report."""
+              say: Callable[[str], None] = print, verbose: bool = False) -> SweepOutcome:
+    """Run the trials of ``plan`` that are not done yet; write results, MLflow runs and the report.
+
+    The console shows one live status line (``orchestrator.console``); ``verbose`` brings back Ray's
+    own status table, its log lines and the trials' worker output. Either way Ray's logs of a Ray
+    started here are copied to ``<sweep dir>/ray/logs``."""
     sweep_dir = Path(sweep_dir).resolve()
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a link per run: noise in a sweep
     busy = record.driver_alive(sweep_dir)
@@ -111,7 +115,7 @@ def run_sweep(plan: SweepPlan, sweep_dir: Path, address: str | None = None, anal
                 outcome.ui_command = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else None
             tracker = tracking.SweepTracker(uri, spec.tracking.experiment, plan.name)
             try:
-                _drive(plan, sweep_dir, tracker, outcome, address, analyze, say)
+                _drive(plan, sweep_dir, tracker, outcome, address, analyze, say, verbose)
             except KeyboardInterrupt:
                 # still inside the server's lifetime: the parent run can be marked before it stops
                 outcome.interrupted = True
@@ -131,7 +135,7 @@ def run_sweep(plan: SweepPlan, sweep_dir: Path, address: str | None = None, anal
 
 
 def _drive(plan: SweepPlan, sweep_dir: Path, tracker, outcome: SweepOutcome, address: str | None,
-           analyze: bool, say) -> None:
+           analyze: bool, say, verbose: bool = False) -> None:
     parent = tracker.ensure_parent(plan.analysis.plan_hash(), sweep_dir / "sweep.yaml")
     record.write_json(sweep_dir / "mlflow.json", {"tracking_uri": outcome.tracking_uri,
                                                   "experiment_id": tracker.experiment_id,
@@ -154,7 +158,8 @@ def _drive(plan: SweepPlan, sweep_dir: Path, tracker, outcome: SweepOutcome, add
     errors = {}
     if pending:
         outcome.started = [t.trial_id for t in pending]
-        errors = _run_tune(plan, sweep_dir, pending, run_ids, tracker.uri, tracker, address, say)
+        errors = _run_tune(plan, sweep_dir, pending, run_ids, tracker.uri, tracker, address, say, verbose,
+                           skipped=len(outcome.skipped))
     _finish(plan, sweep_dir, tracker, outcome, errors)
     if outcome.interrupted:
         raise KeyboardInterrupt
@@ -191,12 +196,15 @@ def injected_failures() -> dict[str, int]:
 
 
 def _run_tune(plan: SweepPlan, sweep_dir: Path, pending: list[Trial], run_ids: dict[str, str], uri: str,
-              tracker, address: str | None, say) -> dict[str, str]:
+              tracker, address: str | None, say, verbose: bool = False, skipped: int = 0) -> dict[str, str]:
     """Hand ``pending`` to one ``tune.Tuner``; return trial_id -> error for the trials Ray gave up on."""
+    import logging
+
     import ray
     from ray import tune
 
     from orchestrator.callbacks import SweepCallback, trial_name
+    from orchestrator.console import LiveView
     from orchestrator.trainable import train_trial
 
     # Tune's classic status table, with the columns a reader of this study wants (CLIReporter below);
@@ -205,7 +213,10 @@ def _run_tune(plan: SweepPlan, sweep_dir: Path, pending: list[Trial], run_ids: d
     owns_ray = not ray.is_initialized()
     if owns_ray:
         address = address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, include_dashboard=False if not address else None)
+        # quiet unless verbose: Ray's INFO/WARNING lines (its token-auth notice included) and the
+        # workers' output (per-checkpoint INFO lines) stay in Ray's logs, copied to <sweep dir>/ray/logs
+        ray.init(address=address, include_dashboard=False if not address else None,
+                 logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose)
     try:
         if plan.spec.tracking.uri == "local" and len([n for n in ray.nodes() if n.get("Alive")]) > 1:
             say("warning: tracking.uri is local (127.0.0.1 on this machine) but the Ray cluster has several "
@@ -213,6 +224,12 @@ def _run_tune(plan: SweepPlan, sweep_dir: Path, pending: list[Trial], run_ids: d
         spec, failures = plan.spec, injected_failures()
         trainable = tune.with_resources(tune.with_parameters(train_trial, tracking_uri=uri),
                                         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+        view = None if verbose else LiveView(plan.name, len(plan.trials), skipped, say=say)
+        callbacks = [SweepCallback(plan, sweep_dir, tracker, say if view is None else view.say)]
+        reporter = tune.CLIReporter(
+            parameter_columns={"trial/condition": "condition", "trial/seed": "seed"},
+            metric_columns={"epoch": "epoch", "p_mtl": "P_MTL", "expr_f1": "EXPR F1", "va_ccc": "VA CCC"},
+            max_column_length=40, max_report_frequency=30)
         tuner = tune.Tuner(
             trainable,
             param_space={
@@ -228,21 +245,34 @@ def _run_tune(plan: SweepPlan, sweep_dir: Path, pending: list[Trial], run_ids: d
                 name=f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=str(sweep_dir / "ray"),
                 failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[SweepCallback(plan, sweep_dir, tracker, say)],
-                progress_reporter=tune.CLIReporter(
-                    parameter_columns={"trial/condition": "condition", "trial/seed": "seed"},
-                    metric_columns={"epoch": "epoch", "p_mtl": "P_MTL", "expr_f1": "EXPR F1",
-                                    "va_ccc": "VA CCC"},
-                    max_column_length=40, max_report_frequency=30),
-                verbose=1,  # the status table; SweepCallback says when a trial finishes or fails
+                # num_to_keep unset: with it, every trial checkpoint forces a snapshot of the experiment
+                # state (Ray's "snapshotting has been triggered multiple times" warning), which the
+                # driver never restores from; SweepCallback drops each superseded Ray checkpoint itself
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                callbacks=callbacks if view is None else [view, *callbacks],
+                progress_reporter=reporter if verbose else None,
+                verbose=1 if verbose else 0,  # 1: Tune's status table; 0: the live view only
             ),
         )
         grid = tuner.fit()
         return {r.config["trial"]["trial_id"]: str(r.error) for r in grid if r.error is not None and r.config}
     finally:
         if owns_ray:
+            logs = _ray_logs_dir()
             ray.shutdown()
+            if logs:
+                with contextlib.suppress(OSError):
+                    shutil.copytree(logs, sweep_dir / "ray" / "logs" / Path(logs).parent.name, dirs_exist_ok=True)
+
+
+def _ray_logs_dir() -> str | None:
+    """The log directory of the Ray session this driver started (Ray's temp dir, e.g. /tmp/ray)."""
+    try:
+        from ray._private import worker
+
+        return worker._global_node.get_logs_dir_path()
+    except Exception:  # noqa: BLE001 -- a private API: no copy of the logs is no failure
+        return None
 
 
 def _finish(plan: SweepPlan, sweep_dir: Path, tracker, outcome: SweepOutcome, errors: dict[str, str]) -> None:

@@ -6,11 +6,18 @@ scheduled on every node. The sweep YAML path is read on the head node (mount the
 with the cluster YAML's ``file_mounts``), and the sweep's ``storage`` must be a directory every node
 can write (a shared file system); with several nodes set ``tracking.uri`` to a shared MLflow server,
 since ``local`` serves on the head's 127.0.0.1 only. Any other ``affsweep run`` option may follow.
+
+``ray submit`` runs this script from the head's home directory; a relative sweep path that is not
+found there but is found in the repository that holds ``orchestrator`` (a clone, as on a
+workstation: ``docker/workstation.yaml``) is run from that repository, so its ``storage: runs``
+lands in the clone as with ``make demo``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: ray submit CLUSTER.yaml orchestrator/submit.py -- SWEEP.yaml [affsweep run options]",
               file=sys.stderr)
         return 2
+    sweep = Path(argv[0])
+    if not sweep.is_absolute() and not sweep.is_file():
+        import orchestrator
+
+        repo = Path(orchestrator.__file__).resolve().parents[1]
+        if (repo / sweep).is_file():
+            os.chdir(repo)
     if "--address" not in argv:
         argv += ["--address", "auto"]
     return cli_main(["run", *argv])

@@ -7,7 +7,13 @@
   keys; per-epoch metrics with ``step=epoch``; final metrics; artifacts result/confusion/circumplex);
 - one **summary** run per condition (all axes but seed; ``affsweep.kind=summary``) carrying
   ``<metric>/mean``, ``<metric>/std`` and ``<metric>/n`` over the finished seeds (the MLflow UI has no
-  mean ± std across runs of its own), refreshed as trials finish.
+  mean ± std across runs of its own), refreshed as trials finish. Summary runs are *top-level* (tag
+  ``affsweep.parent_run_id``, not ``mlflow.parentRunId``): the experiment page lists them first,
+  beside the sweep's parent run, whose expander holds the trial runs.
+
+The experiment is tagged ``mlflow.experimentKind=custom_model_development`` (MLflow 3's "Model
+training" kind; the value the UI's own kind selector writes), so the UI opens it on its runs table
+rather than on the GenAI traces view.
 
 Runs are found by their tags before any is created, so rerunning a sweep never makes a second run for
 the same trial. ``tracking.uri: local`` runs ``mlflow server`` on 127.0.0.1 with a SQLite store under
@@ -39,6 +45,8 @@ __all__ = ["BufferedRunLog", "LocalMlflowServer", "SweepTracker", "TRIAL_ARTIFAC
 TRIAL_ARTIFACTS = ("result.json", "confusion.json", "circumplex.json", "history.json")
 KIND, SWEEP, TRIAL_ID, STATUS = "affsweep.kind", "affsweep.sweep", "affsweep.trial_id", "affsweep.status"
 CONDITION_ID = "affsweep.condition_id"
+# MLflow 3 keeps an experiment's kind in this tag; "Model training" opens the runs table
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 _TAG_LIMIT = 5000  # MLflow's limit on a tag value is larger; an error message needs no more
 
 
@@ -146,7 +154,9 @@ class SweepTracker:
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=artifact_location)
+            experiment, artifact_location=artifact_location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
+        if exp is not None and EXPERIMENT_KIND not in exp.tags:
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         self.parent_run_id: str | None = None
 
     def runs(self, kind: str | None = None) -> list:
@@ -217,7 +227,7 @@ class SweepTracker:
         if run is None:
             if not results:
                 return None
-            tags = {"mlflow.parentRunId": self.parent_run_id, SWEEP: self.sweep, KIND: "summary",
+            tags = {"affsweep.parent_run_id": self.parent_run_id, SWEEP: self.sweep, KIND: "summary",
                     CONDITION_ID: cid, "affsweep.condition": label,
                     **{k: _tag_value(v) for k, v in axes.items()}}
             run = self.client.create_run(self.experiment_id, run_name=f"summary {label}", tags=tags)

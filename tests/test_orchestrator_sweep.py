@@ -169,11 +169,14 @@ def test_sweep_retries_fails_resumes_and_never_duplicates(tmp_path, ray_session,
     assert sorted(trial_ids) == sorted(ids + new)  # exactly one run per trial_id
     for s in (r for r in runs if r.data.tags["affsweep.kind"] == "summary"):
         assert s.data.metrics["p_mtl/n"] == 3 and s.info.status == "FINISHED"
-        assert s.data.tags["mlflow.parentRunId"] == info["parent_run_id"]
+        # top level (listed first in the UI), linked to the sweep's parent run by its own tag
+        assert s.data.tags["affsweep.parent_run_id"] == info["parent_run_id"]
+        assert "mlflow.parentRunId" not in s.data.tags
     assert len(pd.read_parquet(sweep_dir / "results.parquet")) == 6
     assert out.report is not None and out.report.is_file()
     parent = client.get_run(info["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags.get("affsweep.report") == "report/report.html"
+    assert client.get_experiment(info["experiment_id"]).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 @pytest.mark.slow

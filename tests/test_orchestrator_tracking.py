@@ -140,7 +140,9 @@ def test_summary_per_condition_mean_std_n(plan, tmp_path, tracker):
         assert m["expr_f1/Anger/mean"] == pytest.approx(0.1)
         assert "error_severity/mean" not in m  # no finite value: nothing to summarise
         assert run.data.tags["method.cost"] == trials[0].axes["method.cost"]
-        assert run.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
+        # top level (the UI lists them first), linked to the sweep's parent run by affsweep's own tag
+        assert run.data.tags["affsweep.parent_run_id"] == tracker.parent_run_id
+        assert "mlflow.parentRunId" not in run.data.tags
         assert run.info.status == ("FINISHED" if len(got) == 3 else "RUNNING")
     # refreshing without news logs nothing; a new finished seed updates the same run
     circ = next(r for r in summaries if r.data.tags["affsweep.condition"] == "method.cost=circumplex")
