@@ -126,8 +126,12 @@ class CostSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _mapping(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "source" not in data:
-            raise ValueError("a cost mapping needs a source, e.g. {source: circumplex, control: permuted}")
+        if isinstance(data, dict):
+            extra = [k for k in data if k not in ("source", "control")]
+            if extra:
+                raise ValueError(_unknown(extra[0], ["source", "control"], what="key"))
+            if "source" not in data:
+                raise ValueError("a cost mapping needs a source, e.g. {source: circumplex, control: permuted}")
         return data
 
     @property
@@ -164,7 +168,7 @@ def parse_cost(value: str | dict | CostSpec | None, what: str = "value") -> Cost
         return CostSpec(source=value)
     if isinstance(value, dict):
         return CostSpec.model_validate(value)
-    raise ValueError(f"method.cost must be a name or {{source: ..., control: ...}}, got {value!r}")
+    raise ValueError(f"must be a name or {{source: ..., control: ...}}, got {value!r}")
 
 
 def canonical_cost(value: str | dict | CostSpec | None) -> str | CostSpec | None:
@@ -237,6 +241,9 @@ class CostTable:
 
         mine = [canonical_class_name(c) for c in self.classes]
         target = [canonical_class_name(c) for c in class_names]
+        twice = [c for c, m in zip(self.classes, mine) if mine.count(m) > 1]
+        if twice:
+            raise ValueError(f"{where}: classes {' and '.join(map(repr, twice[:2]))} name the same class")
         unknown = [c for c, m in zip(self.classes, mine) if m not in target]
         if unknown:
             raise ValueError(f"{where}: class {unknown[0]!r} is not in the label space "
