@@ -339,3 +339,16 @@ def test_affsweep_train_with_a_file_source_and_permuted_control(tmp_path):
     assert np.isfinite(result["error_severity@source"]) and np.isfinite(result["affect_weighted_acc@source"])
     assert np.isfinite(result["error_severity"])                       # still under the true circumplex
     assert "quadrant_keep@source" not in result                        # the name table has no centroids
+
+
+def test_instance_source_with_controls(toy):
+    """permuted: class rows and per-frame centroids both permuted by pi; uniform: no per-frame rows."""
+    _, geo = toy
+    pi = derangement(8, 5)
+    perm = build_cost({"source": "instance", "control": "permuted"}, geo, 5)
+    assert perm.per_frame and perm.variant == "permuted(instance)"
+    np.testing.assert_allclose(perm.matrix, geo.finite_cost[np.ix_(pi, pi)])
+    np.testing.assert_allclose(perm.centroids, geo.centroids[pi])
+    uni = build_cost({"source": "instance", "control": "uniform"}, geo, 5)
+    assert not uni.per_frame and uni.centroids is None
+    np.testing.assert_allclose(uni.matrix, build_cost("uniform", geo, 5).matrix)
