@@ -313,7 +313,7 @@ def load_cost_table(path: str | os.PathLike) -> CostTable:
         st = p.stat()
     except OSError as e:
         raise ValueError(f"cost file {path}: cannot read ({e.strerror})") from None
-    return _load_cached(str(p), str(path), st.st_size, st.st_mtime_ns)
+    return _load_cached(str(p.resolve()), str(path), st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=64)
