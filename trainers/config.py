@@ -16,9 +16,9 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainers.costs import COST_VARIANTS as COST_VARIANTS  # re-exported: the shorthands of method.cost
+from trainers.costs import CostSpec, canonical_cost, check_cost_for_label_space, cost_identity
 from trainers.data.labels import LABEL_SPACES
-
-COST_VARIANTS = ("none", "circumplex", "permuted", "uniform", "instance", "gaussian_w2", "va_au", "imported")
 
 
 class _Strict(BaseModel):
@@ -82,7 +82,9 @@ class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     name: str = "focal"
-    cost: Literal[COST_VARIANTS] | None = None  # type: ignore[valid-type]  # None: the method's default
+    # a shorthand (COST_VARIANTS), a bare source or {source, control} (trainers.costs); None: the
+    # method's default. Stored canonically: a shorthand stays the string it is today.
+    cost: str | CostSpec | None = None
     lam: float = Field(1.0, ge=0.0)        # METHODS §5: λ, default 1.0
     consistency: float = Field(0.0, ge=0.0)  # METHODS §5: prediction-level consistency weight
     imported_from: str | None = None       # cost: imported — e.g. "synthetic:affectnet_like" or a JSON path
@@ -90,6 +92,11 @@ class MethodConfig(BaseModel):
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @field_validator("cost", mode="before")
+    @classmethod
+    def _canonical_cost(cls, cost: Any) -> Any:
+        return canonical_cost(cost)
 
     @field_validator("name")
     @classmethod
@@ -167,6 +174,14 @@ class TrialConfig(_Strict):
     PLACEMENT_FIELDS: ClassVar[tuple[str, ...]] = ("device", "num_workers", "amp", "channels_last", "compile",
                                                    "eval_every", "keep_optimizer", "data_on_device")
 
+    @model_validator(mode="after")
+    def _cost_fits_label_space(self) -> TrialConfig:
+        try:  # a cost file's class names must be those of the dataset (trainers.costs)
+            check_cost_for_label_space(self.method.cost, self.label_space)
+        except ValueError as e:
+            raise ValueError(f"@method.cost:{e}") from None
+        return self
+
     def identity(self) -> dict[str, Any]:
         """The fields that define the experiment (no paths, no placement)."""
         data = self.model_dump(mode="json")
@@ -175,6 +190,7 @@ class TrialConfig(_Strict):
         data["dataset"].pop("root", None)
         data["dataset"].pop("cache_dir", None)
         data["dataset"].pop("cache", None)
+        data["method"].update(cost_identity(self.method.cost))  # a cost file's sha256; {} otherwise
         return data
 
     @property

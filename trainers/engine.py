@@ -519,6 +519,10 @@ def evaluate(model, method, data: TrialData, cfg: TrialConfig, backbone, device,
         metrics["rsa_rho"] = float(rsa.rho)
     else:
         metrics.update(error_severity=nan, quadrant_keep=nan, affect_weighted_acc=nan, rsa_rho=nan)
+    if em.any():  # and under the cost's own source, when it is not the circumplex (trainers.costs)
+        from trainers.costs import source_error_metrics
+
+        metrics.update(source_error_metrics(confusion, getattr(getattr(method, "ot", None), "choice", None)))
     return Evaluation(metrics={k: float(v) for k, v in metrics.items()}, confusion=confusion)
 
 

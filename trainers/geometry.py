@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from trainers.config import COST_VARIANTS
+from trainers.costs import COST_VARIANTS
 from trainers.data.labels import AU_NAMES
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "au_composite_cost",
     "au_signatures",
     "bootstrap_geometry",
+    "builtin_source_cost",
     "canonical_class_name",
     "circumplex_record",
     "class_covariances",
@@ -655,14 +656,18 @@ def import_geometry(source: Geometry, target_class_names) -> Geometry:
 
 @dataclass(frozen=True, eq=False)
 class CostChoice:
-    """The ground cost of one trial (METHODS §5).
+    """The ground cost of one trial (METHODS §5; a source and a control, ``trainers.costs``).
 
+    ``variant``: the cost's label (a shorthand such as ``permuted``, else e.g. ``uniform(file:x.json)``).
     ``matrix``: (K, K) cost fed to ``ot_loss`` (None for ``none``; for ``instance`` the class-level
-    fallback rows). ``derangement``: pi for ``permuted``. ``circumplex``: the unperturbed circumplex
-    the variant was built from — the TRUE cost that error-structure metrics are scored under (§6).
+    fallback rows). ``derangement``: pi for the ``permuted`` control. ``circumplex``: the unperturbed
+    circumplex — the TRUE cost that error-structure metrics are scored under (§6).
     ``centroids``: (K, 2) centroids for ``instance`` rows (None without own VA geometry).
     ``source``: the geometry the cost came from in this label order (the dataset's own, or the imported
     one); ``build_ot_term`` sets it so that ``circumplex_record`` can describe an imported circumplex.
+    ``cost_source`` / ``control`` / ``source_cost`` / ``source_centroids`` / ``source_meta``: the
+    source's name, the control, the source's own matrix (before the control) and centroids, and where
+    it came from (a file's path and sha256, a function's name). ``per_frame``: instance rows.
     """
 
     variant: str
@@ -671,6 +676,12 @@ class CostChoice:
     circumplex: np.ndarray | None = None
     centroids: np.ndarray | None = None
     source: Geometry | None = None
+    cost_source: str | None = None
+    control: str = "none"
+    source_cost: np.ndarray | None = None
+    source_centroids: np.ndarray | None = None
+    source_meta: dict[str, Any] | None = None
+    per_frame: bool = False
 
 
 def _fill_undefined(cost: np.ndarray) -> np.ndarray:
@@ -682,55 +693,59 @@ def _fill_undefined(cost: np.ndarray) -> np.ndarray:
     return c
 
 
-def cost_for_variant(variant: str, geometry: Geometry | None, seed: int,
-                     imported: np.ndarray | None = None) -> CostChoice:
-    """Build the cost a trial trains with (METHODS §5).
+def builtin_source_cost(source: str, geometry: Geometry | None, imported: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(source matrix, circumplex, centroids) of a built-in cost source (METHODS §5).
 
-    ``geometry``: the training split's circumplex (None for a dataset without VA). ``seed``: the
-    TRIAL seed — ``permuted`` draws its derangement from it, so each seed has an independent one.
-    ``imported``: a (K, K) cost already in this label order (``imported_cost``); it is the matrix of
-    the ``imported`` variant, and the circumplex that ``circumplex``/``permuted``/``uniform``/``instance``
-    are built from when the dataset has no geometry of its own. Raises ValueError when a variant
-    cannot be built from what is available.
+    ``geometry``: the training split's circumplex (None for a dataset without VA). ``imported``: a
+    (K, K) cost already in this label order (``imported_cost``); it is the ``imported`` source, and
+    the circumplex that ``circumplex`` / ``instance`` are built from when the dataset has no geometry
+    of its own. ``centroids`` are the source's places in valence-arousal where it has them (the
+    dataset's own centroids for the circumplex and its VA-derived variants). Raises ValueError when a
+    source cannot be built from what is available.
     """
-    if variant not in COST_VARIANTS:
-        raise ValueError(f"unknown cost variant {variant!r} (choose from {', '.join(COST_VARIANTS)})")
-    if variant == "none":
-        return CostChoice("none", None)
     own = None if geometry is None else _fill_undefined(geometry.cost)
     imp = None if imported is None else _fill_undefined(np.asarray(imported, dtype=np.float64))
     if own is not None and imp is not None and imp.shape != own.shape:
         raise ValueError(f"imported cost has shape {imp.shape} but the dataset has {len(own)} classes")
     base = own if own is not None else imp
     centroids = None if geometry is None else geometry.centroids
-    if variant == "imported":
+    if source == "imported":
         if imp is None:
             raise ValueError("cost 'imported' needs method.imported_from (e.g. 'synthetic:affectnet_like' "
                              "or a circumplex.json path)")
-        return CostChoice("imported", imp, circumplex=base)
+        return imp, base, None
     if base is None:
-        raise ValueError(f"cost {variant!r} needs a circumplex, but this dataset has no frame with both "
+        raise ValueError(f"cost {source!r} needs a circumplex, but this dataset has no frame with both "
                          "EXPR and VA; use cost: imported with method.imported_from")
-    if variant == "circumplex":
-        return CostChoice(variant, base, circumplex=base)
-    if variant == "permuted":
-        perm = derangement(len(base), seed)
-        return CostChoice(variant, base[np.ix_(perm, perm)], derangement=perm, circumplex=base)
-    if variant == "uniform":
-        return CostChoice(variant, uniform_cost(base), circumplex=base)
-    if variant == "instance":
-        return CostChoice(variant, base, circumplex=base, centroids=centroids)
+    if source in ("circumplex", "instance"):
+        return base, base, centroids
     if geometry is None:
-        raise ValueError(f"cost {variant!r} needs the dataset's own VA annotations (class covariances / AU "
+        raise ValueError(f"cost {source!r} needs the dataset's own VA annotations (class covariances / AU "
                          "signatures); it cannot be imported")
-    if variant == "gaussian_w2":
-        w2 = gaussian_w2_cost(geometry.centroids, geometry.covariances)
-        return CostChoice(variant, _fill_undefined(w2), circumplex=base)
-    # va_au
-    if geometry.au_signatures is None:
-        raise ValueError("cost 'va_au' needs AU labels on the training split; this dataset has none")
-    return CostChoice(variant, _fill_undefined(au_composite_cost(geometry.cost, geometry.au_signatures)),
-                      circumplex=base)
+    if source == "gaussian_w2":
+        return _fill_undefined(gaussian_w2_cost(geometry.centroids, geometry.covariances)), base, centroids
+    if source == "va_au":
+        if geometry.au_signatures is None:
+            raise ValueError("cost 'va_au' needs AU labels on the training split; this dataset has none")
+        return _fill_undefined(au_composite_cost(geometry.cost, geometry.au_signatures)), base, centroids
+    raise ValueError(f"unknown built-in cost source {source!r}")
+
+
+def cost_for_variant(variant, geometry: Geometry | None, seed: int,
+                     imported: np.ndarray | None = None, **context) -> CostChoice:
+    """Build the cost a trial trains with (METHODS §5): ``trainers.costs.build_cost``.
+
+    ``variant``: a ``method.cost`` value — a shorthand (``circumplex``, ``permuted``, ``uniform``,
+    ``instance``, ``gaussian_w2``, ``va_au``, ``imported``, ``none``) or ``{source, control}``.
+    ``geometry``: the training split's circumplex (None for a dataset without VA). ``seed``: the
+    TRIAL seed — ``permuted`` draws its derangement from it, so each seed has an independent one.
+    ``imported``: see ``builtin_source_cost``. ``context``: ``label_space`` / ``train_index`` for file
+    and function sources. Raises ValueError when a cost cannot be built from what is available.
+    """
+    from trainers.costs import build_cost
+
+    return build_cost(variant, geometry, seed, imported, **context)
 
 
 def circumplex_record(geometry: Geometry | None, choice: CostChoice,
@@ -756,6 +771,11 @@ def circumplex_record(geometry: Geometry | None, choice: CostChoice,
         "true_cost": None if true_cost is None else _to_jsonable(true_cost),
         "cost_used": None if choice.matrix is None else _to_jsonable(choice.matrix),
         "cost_variant": choice.variant,
+        "cost_source": choice.cost_source,
+        "cost_control": choice.control,
+        "source_cost": None if choice.source_cost is None else _to_jsonable(choice.source_cost),
+        "source_centroids": None if choice.source_centroids is None else _to_jsonable(choice.source_centroids),
+        "source_meta": choice.source_meta or None,
         "derangement": None if choice.derangement is None else [int(i) for i in choice.derangement],
         "degenerate_pair": pair,
         "degenerate_pair_names": None if pair is None else [desc.class_names[i] for i in pair],

@@ -139,7 +139,7 @@ class OTTerm:
         cost = self._get("cost", device)
         if cost is not None and self.lam != 0:
             target = torch.where(mask.bool(), batch["expr"].long(), 0)     # masked-out labels are arbitrary
-            if self.choice.variant == "instance":
+            if self.choice.per_frame or self.choice.variant == "instance":
                 rows = instance_cost_rows(batch["va"], batch["va_mask"], target, self._get("centroids", device),
                                           cost)
                 per = _frame_cost(logits, target, rows, per_frame=True)
@@ -204,28 +204,34 @@ def load_import_source(imported_from: str) -> Geometry:
         raise ValueError(f"method.imported_from: {path}: {e}") from None
 
 
-def build_ot_term(ctx, cost: str, lam: float = 1.0, consistency: float = 0.0,
+def build_ot_term(ctx, cost, lam: float = 1.0, consistency: float = 0.0,
                   imported_from: str | None = None) -> OTTerm:
     """The OT/consistency term of a trial, as ``Method.__init__`` builds it.
 
     ``ctx`` is a ``MethodContext``: its ``geometry`` (estimated here from ``train_index`` when None
     and the label space has VA), ``label_space`` and the trial ``seed`` (which draws the ``permuted``
     derangement). ``imported_from`` supplies the ``imported`` cost, and the circumplex of every other
-    class-level variant when the dataset has none of its own (RAF-DB).
+    class-level variant when the dataset has none of its own (RAF-DB). ``cost``: a ``method.cost``
+    value, a shorthand or a source and a control (``trainers.costs``).
     """
+    from trainers.costs import parse_cost
+
+    spec = parse_cost(cost, what="cost variant")
+    imports = spec is not None and spec.source == "imported"
     label_space = ctx.label_space
     geometry = ctx.geometry
     if geometry is None and getattr(label_space, "has_va", False) and ctx.train_index is not None:
         geometry = estimate_geometry(ctx.train_index, label_space, seed=0)
     imported_geometry = None
-    if imported_from is not None and (cost == "imported" or geometry is None):
+    if imported_from is not None and (imports or geometry is None):
         source = load_import_source(imported_from)
         imported_geometry = import_geometry(source, label_space.class_names)
-    elif cost == "imported":
+    elif imports:
         raise ValueError("cost 'imported' needs method.imported_from (e.g. 'synthetic:affectnet_like' or a "
                          "circumplex.json path)")
     choice = cost_for_variant(cost, geometry, ctx.seed,
-                              imported=None if imported_geometry is None else imported_geometry.cost)
+                              imported=None if imported_geometry is None else imported_geometry.cost,
+                              label_space=label_space, train_index=ctx.train_index)
     # the circumplex of record (and of the consistency term): the dataset's own, else the imported one
     circumplex = geometry if geometry is not None else imported_geometry
     choice = dataclasses.replace(choice, source=circumplex)
