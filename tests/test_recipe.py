@@ -166,7 +166,8 @@ def test_schedule_warmup_freezes_the_encoder_then_only_the_upper_half_moves_at_f
     torch.save(init, weights)
     lr, factor = 3e-3, 0.1
     cfg = tiny_trial(backbone={"pretrained": str(weights)}, epochs=2, max_steps_per_epoch=1, lr=lr,
-                     weight_decay=0.0, warmup_epochs=1, unfreeze_fraction=0.5, encoder_lr_factor=factor)
+                     weight_decay=0.0, warmup_epochs=1, unfreeze_fraction=0.5, encoder_lr_factor=factor,
+                     keep_optimizer=True)  # the last checkpoint keeps the raw weights and the optimiser
     snapshots = {}
 
     def keep(epoch, metrics, ckpt_dir):
