@@ -186,13 +186,15 @@ class SweepTracker:
         self.parent_run_id = run_id
         return run_id
 
-    def _one_run(self, kind: str, key: dict[str, str], run_name: str, tags: dict[str, str] | None = None):
+    def _one_run(self, kind: str, key: dict[str, str], run_name: str, tags: dict[str, str] | None = None,
+                 searched: bool = False):
         """The one run of ``kind`` with the tag values ``key``: found, or created (exactly once).
 
         A ``create_run`` whose reply was lost may have created the run (and MLflow's client re-sends
         it by itself): after creating, or failing to, search again, keep the earliest and delete the
-        others, so that there is never a second run for the same key."""
-        found = self.runs(kind, **key)
+        others, so that there is never a second run for the same key. ``searched``: the caller's
+        search just found none (skip the first search)."""
+        found = [] if searched else self.runs(kind, **key)
         if not found:
             try:
                 self.client.create_run(self.experiment_id, run_name=run_name,
@@ -215,7 +217,8 @@ class SweepTracker:
         """tag value -> the one run of ``kind`` with it (duplicates a lost reply left are deleted)."""
         groups: dict[str, list] = {}
         for run in self.runs(kind):
-            groups.setdefault(run.data.tags.get(tag), []).append(run)
+            if run.data.tags.get(tag) is not None:
+                groups.setdefault(run.data.tags[tag], []).append(run)
         return {value: self._keep_earliest(runs) for value, runs in groups.items()}
 
     def trial_runs(self) -> dict[str, Any]:
@@ -233,7 +236,8 @@ class SweepTracker:
         if run is None:
             tags = {"mlflow.parentRunId": self.parent_run_id, STATUS: "pending", "seed": str(trial.seed),
                     **{k: _tag_value(v) for k, v in trial.axes.items()}}
-            run = self._one_run("trial", {TRIAL_ID: trial.trial_id}, f"{trial.condition} seed={trial.seed}", tags)
+            run = self._one_run("trial", {TRIAL_ID: trial.trial_id}, f"{trial.condition} seed={trial.seed}", tags,
+                               searched=True)
         run_id = run.info.run_id
         params = flatten_params(trial.config.model_dump(mode="json"))
         from mlflow.entities import Param
@@ -268,7 +272,7 @@ class SweepTracker:
                 return None
             tags = {"mlflow.parentRunId": self.parent_run_id, "affsweep.condition": label,
                     **{k: _tag_value(v) for k, v in axes.items()}}
-            run = self._one_run("summary", {CONDITION_ID: cid}, f"summary {label}", tags)
+            run = self._one_run("summary", {CONDITION_ID: cid}, f"summary {label}", tags, searched=True)
             existing[cid] = run
         run_id = run.info.run_id
         from mlflow.entities import Metric, RunTag
