@@ -172,9 +172,10 @@ def _backfill(tracker, t: Trial, tdir: Path, result: dict, runs: dict) -> None:
     history = record.read_json(tdir / "history.json") or []
     full = {"trial_id": t.trial_id, "sweep": tracker.sweep, "seed": t.seed, "status": "done", **t.axes,
             **{k: v for k, v in result.items() if k not in ("trial_id", "sweep", "seed", "status")}}
+    stamp = tracking.result_timestamp(tdir)  # the trial's own, also if part of its result landed
     if full != result:
         record.write_json(tdir / "result.json", full)
-    tracking.log_trial_result(tracker.client, run_id, tdir, full, history=history)
+    tracking.log_trial_result(tracker.client, run_id, tdir, full, history=history, timestamp=stamp)
 
 
 def _trial_param(t: Trial, sweep_dir: Path, run_id: str, failures: dict[str, int]) -> dict:

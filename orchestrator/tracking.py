@@ -16,7 +16,21 @@ training" kind; the value the UI's own kind selector writes), so the UI opens it
 rather than on the GenAI traces view.
 
 Runs are found by their tags before any is created, so rerunning a sweep never makes a second run for
-the same trial. ``tracking.uri: local`` runs ``mlflow server`` on 127.0.0.1 with a SQLite store under
+the same trial.
+
+Exactly once under retry. A write whose reply is lost (server killed mid-request, connection dropped)
+may have landed, and it is sent again -- by ``BufferedRunLog``, by the driver's next pass, and by
+MLflow's own client, whose urllib3 ``Retry`` re-sends any method (POST included) after a read error.
+So every write here is idempotent: metrics carry a timestamp fixed before the first attempt (the
+epoch's report time; the mtime of ``result.json`` for final and summary metrics), and MLflow's SQL
+stores drop a metric whose (key, value, step, timestamp) the run already holds (its primary key;
+checked for SQLite behind ``mlflow server``, NaN included, in ``tests/test_faults_lost_reply.py``);
+tags, artifacts (same path) and status are overwrites; a run is created only after a search for its
+tags found none, and a second run that a re-sent ``create_run`` made is deleted right away (the
+earliest is kept: the one every reader picks). Before a retry, per-epoch writes ask the server which
+epochs it already holds, and the final result is skipped when the run already says ``done``.
+
+``tracking.uri: local`` runs ``mlflow server`` on 127.0.0.1 with a SQLite store under
 the sweep directory for the sweep's lifetime (``LocalMlflowServer``): concurrent trials in Ray workers
 write over HTTP to that single writer. Environment variables are never logged.
 """
@@ -38,9 +52,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BufferedRunLog", "LocalMlflowServer", "SweepTracker", "TRIAL_ARTIFACTS", "flatten_params",
+__all__ = ["BufferedRunLog", "EpochLog", "LocalMlflowServer", "SweepTracker", "TRIAL_ARTIFACTS", "flatten_params",
            "last_logged_epoch", "log_epoch", "logged_epochs", "log_trial_result", "mark_trial_failed", "redact",
-           "refresh_summaries"]
+           "refresh_summaries", "result_timestamp"]
 
 TRIAL_ARTIFACTS = ("result.json", "confusion.json", "circumplex.json", "history.json")
 KIND, SWEEP, TRIAL_ID, STATUS = "affsweep.kind", "affsweep.sweep", "affsweep.trial_id", "affsweep.status"
@@ -159,11 +173,13 @@ class SweepTracker:
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         self.parent_run_id: str | None = None
 
-    def runs(self, kind: str | None = None) -> list:
-        """Every (active) run of this sweep, optionally of one kind."""
+    def runs(self, kind: str | None = None, **tags: str) -> list:
+        """Every (active) run of this sweep, optionally of one kind and with the given tag values."""
         flt = f"tags.`{SWEEP}` = '{_quote(self.sweep)}'"
         if kind:
             flt += f" and tags.`{KIND}` = '{kind}'"
+        for key, value in tags.items():
+            flt += f" and tags.`{key}` = '{_quote(value)}'"
         out, token = [], None
         while True:
             page = self.client.search_runs([self.experiment_id], flt, max_results=1000, page_token=token)
@@ -173,53 +189,90 @@ class SweepTracker:
                 return out
 
     def ensure_parent(self, plan_hash: str, yaml_path: str | Path) -> str:
-        found = self.runs("sweep")
-        if found:
-            run_id = found[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            run_id = self.client.create_run(self.experiment_id, run_name=self.sweep, tags={
-                SWEEP: self.sweep, KIND: "sweep"}).info.run_id
+        run_id = self._one_run("sweep", {}, run_name=self.sweep).info.run_id
+        self.client.update_run(run_id, status="RUNNING")
         self.client.set_tag(run_id, "affsweep.plan_hash", plan_hash)
-        self.client.log_artifact(run_id, str(yaml_path))
+        self.client.log_artifact(run_id, str(yaml_path))  # the same path: a rerun replaces it
         self.parent_run_id = run_id
         return run_id
 
+    def _one_run(self, kind: str, key: dict[str, str], run_name: str, tags: dict[str, str] | None = None,
+                 searched: bool = False):
+        """The one run of ``kind`` with the tag values ``key``: found, or created (exactly once).
+
+        A ``create_run`` whose reply was lost may have created the run (and MLflow's client re-sends
+        it by itself): after creating, or failing to, search again, keep the earliest and delete the
+        others, so that there is never a second run for the same key. ``searched``: the caller's
+        search just found none (skip the first search)."""
+        found = [] if searched else self.runs(kind, **key)
+        if not found:
+            try:
+                self.client.create_run(self.experiment_id, run_name=run_name,
+                                       tags={SWEEP: self.sweep, KIND: kind, **key, **(tags or {})})
+            except Exception:
+                found = self.runs(kind, **key)
+                if not found:
+                    raise
+            found = found or self.runs(kind, **key)
+        return self._keep_earliest(found)
+
+    def _keep_earliest(self, runs: list):
+        """The earliest of ``runs`` (start time, then run id); the others are deleted."""
+        first, *extra = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        for run in extra:
+            self.client.delete_run(run.info.run_id)
+        return first
+
+    def _by_tag(self, kind: str, tag: str) -> dict[str, Any]:
+        """tag value -> the one run of ``kind`` with it (duplicates a lost reply left are deleted)."""
+        groups: dict[str, list] = {}
+        for run in self.runs(kind):
+            if run.data.tags.get(tag) is not None:
+                groups.setdefault(run.data.tags[tag], []).append(run)
+        return {value: self._keep_earliest(runs) for value, runs in groups.items()}
+
     def trial_runs(self) -> dict[str, Any]:
-        """trial_id -> its run (the first if a foreign tool ever made two)."""
-        out: dict[str, Any] = {}
-        for run in sorted(self.runs("trial"), key=lambda r: r.info.start_time or 0):
-            out.setdefault(run.data.tags.get(TRIAL_ID), run)
-        return out
+        """trial_id -> its run."""
+        return self._by_tag("trial", TRIAL_ID)
+
+    def summary_runs(self) -> dict[str, Any]:
+        """condition_id -> its summary run."""
+        return self._by_tag("summary", CONDITION_ID)
 
     def ensure_trial_run(self, trial, existing: dict[str, Any]) -> str:
-        """The trial's run id: the existing one (looked up by tag) or a new SCHEDULED run with params."""
-        if trial.trial_id in existing:
-            return existing[trial.trial_id].info.run_id
-        tags = {"mlflow.parentRunId": self.parent_run_id, SWEEP: self.sweep, KIND: "trial",
-                TRIAL_ID: trial.trial_id, STATUS: "pending", "seed": str(trial.seed),
-                **{k: _tag_value(v) for k, v in trial.axes.items()}}
-        run = self.client.create_run(self.experiment_id, run_name=f"{trial.condition} seed={trial.seed}",
-                                     tags=tags)
+        """The trial's run id: the existing one (looked up by tag) or a new SCHEDULED run; either way
+        with every param of the resolved config (a run whose param writes were cut off gets the rest)."""
+        run = existing.get(trial.trial_id)
+        if run is None:
+            tags = {"mlflow.parentRunId": self.parent_run_id, STATUS: "pending", "seed": str(trial.seed),
+                    **{k: _tag_value(v) for k, v in trial.axes.items()}}
+            run = self._one_run("trial", {TRIAL_ID: trial.trial_id}, f"{trial.condition} seed={trial.seed}", tags,
+                               searched=True)
         run_id = run.info.run_id
         params = flatten_params(trial.config.model_dump(mode="json"))
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in params.items()]
+        # a param once logged cannot change (a field outside the trial_id, e.g. a path, may have)
+        items = [Param(k, v) for k, v in params.items() if k not in run.data.params]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run_id, params=items[i:i + 100])
-        self.client.update_run(run_id, status="SCHEDULED")
-        existing[trial.trial_id] = self.client.get_run(run_id)
+        if items:
+            self.client.update_run(run_id, status="SCHEDULED")
+            run = self.client.get_run(run_id)
+        existing[trial.trial_id] = run
         return run_id
 
     def refresh_summary(self, axes: dict[str, Any], label: str, cid: str, results: list[dict],
-                        planned: int, existing: dict[str, Any] | None = None) -> str | None:
+                        planned: int, existing: dict[str, Any] | None = None,
+                        timestamp: int | None = None) -> str | None:
         """Create or update the condition's summary run from the ``results`` of its finished trials.
 
-        Logged at ``step = n finished``; skipped when the set of finished trials has not changed
-        since the last refresh, so reruns never duplicate a summary's history."""
+        Logged at ``step = n finished`` and ``timestamp`` (the time of the newest result: a repeat of
+        the same summary is then the same metric, which the store drops); skipped when the set of
+        finished trials has not changed since the last refresh (the ``affsweep.summary_of`` tag,
+        written after the metrics), so reruns never duplicate a summary's history."""
         if existing is None:
-            existing = {r.data.tags.get(CONDITION_ID): r for r in self.runs("summary")}
+            existing = self.summary_runs()
         digest = f"{planned}:" + ",".join(sorted(r["trial_id"] for r in results))
         run = existing.get(cid)
         if run is not None and run.data.tags.get("affsweep.summary_of") == digest:
@@ -227,15 +280,14 @@ class SweepTracker:
         if run is None:
             if not results:
                 return None
-            tags = {"affsweep.parent_run_id": self.parent_run_id, SWEEP: self.sweep, KIND: "summary",
-                    CONDITION_ID: cid, "affsweep.condition": label,
+            tags = {"affsweep.parent_run_id": self.parent_run_id, "affsweep.condition": label,
                     **{k: _tag_value(v) for k, v in axes.items()}}
-            run = self.client.create_run(self.experiment_id, run_name=f"summary {label}", tags=tags)
+            run = self._one_run("summary", {CONDITION_ID: cid}, f"summary {label}", tags, searched=True)
             existing[cid] = run
         run_id = run.info.run_id
         from mlflow.entities import Metric, RunTag
 
-        now, step = _now_ms(), len(results)
+        now, step = timestamp if timestamp is not None else _now_ms(), len(results)
         metrics = []
         for key, values in summary_statistics(results).items():
             mean, std, n = values
@@ -260,13 +312,15 @@ def refresh_summaries(plan, sweep_dir: Path, tracker: SweepTracker, only: str | 
     """Refresh the summary run of every condition (or only the condition labelled ``only``)."""
     from orchestrator import results as record
 
-    existing = {r.data.tags.get(CONDITION_ID): r for r in tracker.runs("summary")}
+    existing = tracker.summary_runs()
     for label, trials in plan.conditions().items():
         if only is not None and label != only:
             continue
-        done = [r for r in (record.read_result(record.trial_dir(sweep_dir, t.trial_id)) for t in trials) if r]
-        tracker.refresh_summary(trials[0].axes, label, trials[0].condition_id, done, planned=len(trials),
-                                existing=existing)
+        dirs = [record.trial_dir(sweep_dir, t.trial_id) for t in trials]
+        done = [(r, d) for r, d in ((record.read_result(d), d) for d in dirs) if r]
+        stamp = max((result_timestamp(d) for _, d in done), default=None)
+        tracker.refresh_summary(trials[0].axes, label, trials[0].condition_id, [r for r, _ in done],
+                                planned=len(trials), existing=existing, timestamp=stamp)
 
 
 def summary_statistics(results: list[dict]) -> dict[str, tuple[float, float, int]]:
@@ -371,29 +425,64 @@ class BufferedRunLog:
         return delivered
 
 
-def log_epoch(client, run_id: str, epoch: int, metrics: dict) -> None:
+class EpochLog:
+    """``log_epoch`` for a trial's ``BufferedRunLog``: each epoch at most once in the run's history.
+
+    The epochs the run holds are asked from the server before the first write and again after any
+    write that raised (its reply may have been lost after it landed); in between, the answer is
+    trusted. A restarted trial therefore never logs an epoch twice, and a re-sent write (same
+    metrics, same timestamp) is one the store drops."""
+
+    def __init__(self):
+        self.known: set[int] | None = None  # epochs the run holds; None: ask the server
+
+    def __call__(self, client, run_id: str, epoch: int, metrics: dict, timestamp: int) -> None:
+        known = self.known if self.known is not None else logged_epochs(client, run_id)
+        self.known = None  # in doubt until this write is answered
+        if int(epoch) not in known:
+            log_epoch(client, run_id, epoch, metrics, timestamp)
+        self.known = known | {int(epoch)}
+
+
+def log_epoch(client, run_id: str, epoch: int, metrics: dict, timestamp: int | None = None) -> None:
+    """One epoch's metrics at ``step=epoch``; ``epoch`` goes last, so that an epoch in the history of
+    ``epoch`` (what ``logged_epochs`` reads) has all its metrics, also when split over batches."""
     from mlflow.entities import Metric
 
-    now = _now_ms()
-    batch = [Metric(_metric_key(k), float(v), now, int(epoch)) for k, v in metrics.items() if _is_number(v)]
+    now = _now_ms() if timestamp is None else int(timestamp)
+    batch = [Metric(_metric_key(k), float(v), now, int(epoch)) for k, v in metrics.items()
+             if _is_number(v) and k != "epoch"]
+    batch.append(Metric("epoch", float(epoch), now, int(epoch)))
     for i in range(0, len(batch), 1000):
         client.log_batch(run_id, metrics=batch[i:i + 1000])
 
 
-def log_trial_result(client, run_id: str, trial_dir: Path, result: dict, history: list[dict] | None = None) -> None:
+def result_timestamp(trial_dir: Path) -> int:
+    """When the trial wrote ``result.json`` (ms): the timestamp of its final metrics, the same for every
+    writer and every retry (the trial, the driver's backfill, a later ``affsweep run``)."""
+    return (Path(trial_dir) / "result.json").stat().st_mtime_ns // 1_000_000
+
+
+def log_trial_result(client, run_id: str, trial_dir: Path, result: dict, history: list[dict] | None = None,
+                     timestamp: int | None = None) -> None:
     """Final metrics (at ``step = epochs``), the trial's artifacts, then ``affsweep.status=done``.
 
     ``history`` (the per-epoch metrics) is logged for epochs the run does not have yet: this is how the
-    driver backfills a trial that finished on disk but whose worker died before it logged."""
+    driver backfills a trial that finished on disk but whose worker died before it logged. Every
+    metric is logged at ``timestamp`` (default: ``result_timestamp``), so a repeat after a lost reply
+    -- whoever sends it -- is dropped by the store; a run that already says ``done`` is left alone."""
     from mlflow.entities import Metric, RunTag
 
+    if client.get_run(run_id).data.tags.get(STATUS) == "done":
+        return  # the whole result landed (the reply to the last write was lost)
+    now = result_timestamp(trial_dir) if timestamp is None else int(timestamp)
     if history:
         done = logged_epochs(client, run_id)
         for row in history:
             if int(row.get("epoch", 0)) not in done:
-                log_epoch(client, run_id, int(row["epoch"]), row)
+                log_epoch(client, run_id, int(row["epoch"]), row, now)
     last = history[-1] if history else {}
-    step, now = int(result.get("epochs") or 0), _now_ms()
+    step = int(result.get("epochs") or 0)
     metrics = [Metric(_metric_key(k), float(v), now, step) for k, v in result.items()
                if _is_number(v) and k != "seed" and not (k in last and _same(last[k], v))]
     tags = []
@@ -411,7 +500,8 @@ def log_trial_result(client, run_id: str, trial_dir: Path, result: dict, history
 
 
 def mark_trial_failed(client, run_id: str, error: str, final: bool) -> None:
-    """An attempt failed (``final=False``: Ray may retry it) or the trial gave up (``final=True``)."""
+    """An attempt failed (``final=False``: Ray may retry it) or the trial gave up (``final=True``).
+    Tags and status only: a repeat writes the same values."""
     client.set_tag(run_id, "affsweep.error", error[:_TAG_LIMIT])
     if final:
         client.set_tag(run_id, STATUS, "failed")

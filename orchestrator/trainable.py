@@ -14,7 +14,8 @@ first ``n`` attempts (counted in ``state.json`` across retries and reruns).
 
 Every MLflow write of the trial goes through a ``tracking.BufferedRunLog``: training never waits for
 the tracking server, and a server that is down or restarting gets the writes, in order, when it is
-back. A ``NonFiniteLossError`` is deterministic (same config, seed and checkpoint: same NaN), so Ray's
+back; each write is idempotent (``tracking`` says how), since one whose reply was lost is sent again.
+A ``NonFiniteLossError`` is deterministic (same config, seed and checkpoint: same NaN), so Ray's
 retry of such a trial fails at once with the original reason instead of training again.
 """
 
@@ -66,14 +67,7 @@ def train_trial(config: dict, tracking_uri: str) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     mlflow_log = tracking.BufferedRunLog(MlflowClient(tracking_uri=tracking_uri), t["run_id"])
     mlflow_log.submit(_start_attempt, attempt, state["node_id"], state["hostname"])
-    logged: set[int] = set()  # a restarted trial never logs an epoch twice (filled by the first write)
-
-    def log_new_epoch(client, run_id: str, epoch: int, metrics: dict) -> None:
-        if not logged:
-            logged.update(tracking.logged_epochs(client, run_id) or {0})  # {0}: asked once, even if empty
-        if epoch not in logged:
-            tracking.log_epoch(client, run_id, epoch, metrics)
-            logged.add(epoch)
+    log_epoch = tracking.EpochLog()  # each epoch once in the run, also when a write's reply is lost
 
     reported: list[int] = []
     timing = {"t_start": time.time(), "io_start": _io_written(), "timing/ray_report_s": 0.0,
@@ -85,7 +79,7 @@ def train_trial(config: dict, tracking_uri: str) -> None:
         else:
             record.update_state(tdir, last_epoch=epoch)
         reported.append(epoch)
-        mlflow_log.submit(log_new_epoch, epoch, dict(metrics))
+        mlflow_log.submit(log_epoch, epoch, dict(metrics), tracking._now_ms())  # timestamp fixed now
         first = ("epoch", "p_mtl", "expr_f1", "va_ccc", "au_f1")  # the order Tune's table shows them in
         numeric = {k: float(metrics[k]) for k in first if tracking._is_number(metrics.get(k))}
         numeric.update({k: float(v) for k, v in metrics.items() if k not in numeric and tracking._is_number(v)})
@@ -117,7 +111,7 @@ def train_trial(config: dict, tracking_uri: str) -> None:
     full = {"trial_id": cfg.trial_id, "sweep": config["sweep"], "seed": cfg.seed, "status": "done",
             **t["axes"], **metrics}
     record.write_json(tdir / "result.json", full)
-    mlflow_log.submit(tracking.log_trial_result, tdir, full, result.history)
+    mlflow_log.submit(tracking.log_trial_result, tdir, full, result.history, tracking.result_timestamp(tdir))
     t0 = time.perf_counter()
     delivered = mlflow_log.close(timeout=FLUSH_TIMEOUT)
     write_timing(tdir, result.timing, timing, mlflow_wait=time.perf_counter() - t0, trial=time.perf_counter() - entered)

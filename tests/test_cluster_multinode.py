@@ -261,7 +261,7 @@ class MlflowServer:
 
 
 def affsweep_run(yaml: Path, address: str, env: dict, *, resume: bool = False, wait: bool = True,
-                 timeout: float = 300):
+                 timeout: float = 480):
     """``affsweep run YAML --address ADDR`` as a user runs it (its own process group)."""
     cmd = [PYTHON, "-m", "orchestrator", "run", str(yaml), "--address", address] + (["--resume"] if resume else [])
     env = {**env, "RAY_AIR_NEW_OUTPUT": "0", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
@@ -273,7 +273,7 @@ def affsweep_run(yaml: Path, address: str, env: dict, *, resume: bool = False, w
     return proc.returncode, out
 
 
-def finish(proc, timeout: float = 240) -> str:
+def finish(proc, timeout: float = 480) -> str:
     """The output of a driver started with ``wait=False``; killed (its whole group) on timeout."""
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -288,7 +288,7 @@ def finish(proc, timeout: float = 240) -> str:
 
 @pytest.mark.slow
 @pytest.mark.ci
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     cluster = RayCluster(tmp_path, cpus=[1, 1])
     server = MlflowServer(tmp_path / "mlflow")

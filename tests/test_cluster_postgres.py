@@ -102,7 +102,7 @@ class Postgres:
 
 @pytest.mark.slow
 @pytest.mark.ci
-@pytest.mark.timeout(330)
+@pytest.mark.timeout(600)
 def test_sweep_against_mlflow_on_postgresql_logs_everything_exactly_once(tmp_path):
     pytest.importorskip("psycopg2", reason="psycopg2-binary (the dev extra) is needed to reach PostgreSQL")
     db = Postgres(postgres_bin())
@@ -121,7 +121,7 @@ def test_sweep_against_mlflow_on_postgresql_logs_everything_exactly_once(tmp_pat
         env.pop("RAY_ADDRESS", None)
         # 2 trials at once (2 CPUs, 1 each), each writing to the one server over HTTP
         run = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(yaml)], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=480)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
         ids = sorted(t.trial_id for t in plan.trials)

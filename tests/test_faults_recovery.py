@@ -10,6 +10,8 @@ fixed port so it can be restarted) serve the four tests; each drives its own swe
 4. a NaN loss (``lr: 1e30``): the trial fails once, with the reason in MLflow and the results.
 
 Every trial_id must appear exactly once in the results and in MLflow, with each epoch logged once.
+The tests wait on conditions (polled, with deadlines generous enough for a loaded 2-core machine),
+never on fixed sleeps. ``tests/test_faults_lost_reply.py`` drops single replies deterministically.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def check_exactly_once(server: MlflowServer, plan, sweep_dir: Path, epochs: int,
     return by_trial
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_worker_killed_mid_training_is_retried_from_its_checkpoint(tmp_path, cluster, server):
     yaml = sweep_yaml(tmp_path / "kill_worker.yaml", name="kill_worker", uri=server.uri, storage=tmp_path / "runs",
                       grid="  seed: [0]\n  method.cost: [none, circumplex]", epochs=3, retries=1)
@@ -105,11 +107,11 @@ def test_worker_killed_mid_training_is_retried_from_its_checkpoint(tmp_path, clu
             for tid, st in states(sweep_dir, plan).items():
                 if st.get("status") == "running" and st.get("last_epoch", 0) >= 1 and st.get("pid"):
                     return tid, st
-        victim, st = wait_for(trained_one_epoch, 180, "a trial to finish its first epoch", proc)
+        victim, st = wait_for(trained_one_epoch, 300, "a trial to finish its first epoch", proc)
         assert st["last_epoch"] < 3, "the trial finished before it could be killed"
         os.kill(st["pid"], signal.SIGKILL)  # the Ray worker process running the trial
         killed_after = st["last_epoch"]
-        out = finish(proc)
+        out = finish(proc, timeout=480)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -126,7 +128,7 @@ def test_worker_killed_mid_training_is_retried_from_its_checkpoint(tmp_path, clu
           f"epochs recomputed {recomputed}, trials lost 0, duplicated 0")
 
 
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(720)
 def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(tmp_path, cluster, server):
     yaml = sweep_yaml(tmp_path / "kill_driver.yaml", name="kill_driver", uri=server.uri, storage=tmp_path / "runs",
                       grid="  seed: [0, 1]\n  method.cost: [none, circumplex]", epochs=2, retries=0)
@@ -137,7 +139,7 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(tmp_p
         def some_done():
             done = [t.trial_id for t in plan.trials if record.read_result(record.trial_dir(sweep_dir, t.trial_id))]
             return done if 0 < len(done) < len(plan.trials) else None
-        wait_for(some_done, 240, "a finished trial", proc)
+        wait_for(some_done, 400, "a finished trial", proc)
         os.kill(proc.pid, signal.SIGKILL)  # the driver only; Ray ends its job's trials
         proc.wait(timeout=30)
     finally:
@@ -147,13 +149,13 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(tmp_p
     # still finish its trial in that time -- that trial then counts as done, as it should)
     def workers_gone():
         return not [st for st in states(sweep_dir, plan).values() if st.get("pid") and alive(st["pid"])]
-    wait_for(workers_gone, 60, "Ray to end the killed driver's trials")
+    wait_for(workers_gone, 180, "Ray to end the killed driver's trials")
     done_first = [t.trial_id for t in plan.trials if record.read_result(record.trial_dir(sweep_dir, t.trial_id))]
     assert 0 < len(done_first) < len(plan.trials)
     mtimes = {i: (record.trial_dir(sweep_dir, i) / "result.json").stat().st_mtime_ns for i in done_first}
     attempts = {i: states(sweep_dir, plan)[i]["attempt"] for i in done_first}
 
-    rc, out = affsweep_run(yaml, cluster.address, cluster.env, resume=True, timeout=300)
+    rc, out = affsweep_run(yaml, cluster.address, cluster.env, resume=True, timeout=480)
     assert rc == 0, out[-4000:]
     n = len(plan.trials)
     assert f"{len(done_first)} already done, {n - len(done_first)} to run" in out
@@ -163,7 +165,7 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(tmp_p
     assert list(pd.read_parquet(sweep_dir / "results.parquet")["status"]) == ["done"] * n
 
 
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(720)
 def test_mlflow_outage_mid_sweep_loses_nothing(tmp_path, cluster, server):
     epochs = 6
     yaml = sweep_yaml(tmp_path / "outage.yaml", name="outage", uri=server.uri, storage=tmp_path / "runs",
@@ -175,16 +177,15 @@ def test_mlflow_outage_mid_sweep_loses_nothing(tmp_path, cluster, server):
         def progress():
             return {tid: st.get("last_epoch", 0) for tid, st in states(sweep_dir, plan).items()}
         wait_for(lambda: all(st.get("status") == "running" and st.get("last_epoch", 0) >= 1
-                             for st in states(sweep_dir, plan).values()), 180, "both trials to train an epoch", proc)
+                             for st in states(sweep_dir, plan).values()), 300, "both trials to train an epoch", proc)
         down_at = progress()
         server.stop(kill=True)  # the tracking server crashes mid-sweep
         assert max(down_at.values()) < epochs, "the trials finished before the outage"
         # trials keep training while it is down
-        wait_for(lambda: any(progress()[t] > down_at[t] for t in down_at), 120, "an epoch during the outage", proc)
-        time.sleep(2)
+        wait_for(lambda: any(progress()[t] > down_at[t] for t in down_at), 300, "an epoch during the outage", proc)
         trained_while_down = {t: progress()[t] - down_at[t] for t in down_at}
         server.start()  # same port, same store
-        out = finish(proc, timeout=300)
+        out = finish(proc, timeout=480)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -202,14 +203,14 @@ def test_mlflow_outage_mid_sweep_loses_nothing(tmp_path, cluster, server):
         assert by_trial[t.trial_id].data.metrics["p_mtl"] == pytest.approx(result["p_mtl"])
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_nan_loss_fails_the_trial_once_with_its_reason(tmp_path, cluster, server):
     yaml = sweep_yaml(tmp_path / "nan.yaml", name="nan", uri=server.uri, storage=tmp_path / "runs",
                       grid="  seed: [0]\n  method.cost: [none, circumplex]\n  lr: [0.003, 1.0e+30]", epochs=2,
                       retries=2)
     plan = load_sweep(yaml)
     sweep_dir = plan.spec.sweep_dir()
-    rc, out = affsweep_run(yaml, cluster.address, cluster.env, timeout=240)
+    rc, out = affsweep_run(yaml, cluster.address, cluster.env, timeout=400)
     assert rc == 1, out[-4000:]  # failed trials: exit code 1
     table = pd.read_parquet(sweep_dir / "results.parquet").set_index("trial_id")
     bad = [t.trial_id for t in plan.trials if t.config.lr > 1]

@@ -219,3 +219,82 @@ def test_flatten_params_dotted():
     flat = tracking.flatten_params({"a": {"b": 1, "c": {"d": None}}, "e": [1, 2], "f": {}})
     assert flat == {"a.b": "1", "a.c.d": "null", "e": "[1, 2]", "f": "{}"}
     assert json.loads(flat["e"]) == [1, 2]
+
+
+class LostReplies:
+    """An MlflowClient whose chosen calls land and then raise (the reply was lost), or are sent twice
+    (MLflow's client re-sends a POST after a read error): the fault of ``test_faults_lost_reply.py``
+    without a server."""
+
+    def __init__(self, client, lose: dict[str, int] | None = None, twice: set[str] = frozenset()):
+        self.client, self.lose, self.twice = client, dict(lose or {}), set(twice)
+
+    def __getattr__(self, name):
+        fn = getattr(self.client, name)
+
+        def call(*args, **kwargs):
+            if name in self.twice:
+                self.twice.discard(name)
+                fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
+            if self.lose.get(name):
+                self.lose[name] -= 1
+                raise ConnectionError(f"reply to {name} lost")
+            return out
+        return call
+
+
+def test_a_lost_or_resent_run_creation_leaves_one_run(plan, tracker):
+    raw = tracker.client
+    tracker.client = LostReplies(raw, twice={"create_run"})
+    parent = tracker.ensure_parent("h", plan.source.path)  # created twice: the later one is deleted
+    assert [r.info.run_id for r in tracker.runs("sweep")] == [parent]
+    tracker.client = LostReplies(raw, lose={"create_run": 1})
+    run_id = tracker.ensure_trial_run(plan.trials[0], tracker.trial_runs())  # created, then "failed"
+    tracker.client = LostReplies(raw, twice={"create_run"})
+    other = tracker.ensure_trial_run(plan.trials[1], tracker.trial_runs())
+    tracker.client = raw
+    runs = tracker.trial_runs()
+    assert {t: r.info.run_id for t, r in runs.items()} == {plan.trials[0].trial_id: run_id,
+                                                          plan.trials[1].trial_id: other}
+    assert len(tracker.runs("trial")) == 2
+    assert tracker.client.get_run(run_id).data.params["seed"] == "0"
+
+
+def test_a_lost_reply_to_an_epoch_write_is_not_written_again(plan, tracker):
+    tracker.ensure_parent("h", plan.source.path)
+    run_id = tracker.ensure_trial_run(plan.trials[0], {})
+    client = LostReplies(tracker.client, lose={"log_batch": 1})
+    log = tracking.BufferedRunLog(client, run_id, retry_every=0.01, say=lambda msg: None)
+    epochs = tracking.EpochLog()
+    for epoch in (1, 2):
+        log.submit(epochs, epoch, {"epoch": epoch, "p_mtl": epoch / 10}, 1000 + epoch)
+    assert log.close(timeout=60) and log.failed_writes == 1
+    assert [(m.step, m.timestamp) for m in tracker.client.get_metric_history(run_id, "p_mtl")] == [(1, 1001),
+                                                                                                   (2, 1002)]
+    # a new timestamp would have been a second value: the store keeps both (why EpochLog asks first)
+    tracking.log_epoch(tracker.client, run_id, 2, {"p_mtl": 0.2}, timestamp=2000)
+    assert len(tracker.client.get_metric_history(run_id, "p_mtl")) == 3
+
+
+def test_lost_replies_to_the_final_result_land_it_once(plan, tmp_path, tracker):
+    tracker.ensure_parent("h", plan.source.path)
+    t = plan.trials[0]
+    run_id = tracker.ensure_trial_run(t, {})
+    sweep_dir = tmp_path / "runs" / "t"
+    result = finish(sweep_dir, t, 0.4)
+    tdir = record.trial_dir(sweep_dir, t.trial_id)
+    history = record.read_json(tdir / "history.json")
+    # every kind of write loses its reply once: each time the whole result is sent again
+    client = LostReplies(tracker.client, lose={"log_batch": 3, "log_artifact": 1, "set_terminated": 1, "set_tag": 1})
+    log = tracking.BufferedRunLog(client, run_id, retry_every=0.01, say=lambda msg: None)
+    log.submit(tracking.log_trial_result, tdir, result, history, tracking.result_timestamp(tdir))
+    assert log.close(timeout=60) and log.failed_writes == 6
+    c = tracker.client
+    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "p_mtl")] == [(1, 0.2), (2, 0.4)]
+    assert [m.step for m in c.get_metric_history(run_id, "epoch")] == [1, 2]
+    assert [m.step for m in c.get_metric_history(run_id, "train_seconds")] == [2]
+    assert sorted(a.path for a in c.list_artifacts(run_id)) == sorted(tracking.TRIAL_ARTIFACTS)
+    assert c.get_run(run_id).data.tags[tracking.STATUS] == "done"
+    tracking.log_trial_result(c, run_id, tdir, result, history=history)  # the driver's backfill: nothing new
+    assert [m.step for m in c.get_metric_history(run_id, "train_seconds")] == [2]
