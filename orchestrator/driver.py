@@ -213,10 +213,12 @@ def _run_tune(plan: SweepPlan, sweep_dir: Path, pending: list[Trial], run_ids: d
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     owns_ray = not ray.is_initialized()
     if owns_ray:
-        address = address or os.environ.get("RAY_ADDRESS")
+        # no address: a Ray of the sweep's own ("local"), never whatever /tmp/ray/ray_current_cluster
+        # last pointed at (ray.init(address=None) would connect to it, or hang on a dead one)
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
         # quiet unless verbose: Ray's INFO/WARNING lines (its token-auth notice included) and the
         # workers' output (per-checkpoint INFO lines) stay in Ray's logs, copied to <sweep dir>/ray/logs
-        ray.init(address=address, include_dashboard=False if not address else None,
+        ray.init(address=address, include_dashboard=False if address == "local" else None,
                  logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose)
     try:
         if plan.spec.tracking.uri == "local" and len([n for n in ray.nodes() if n.get("Alive")]) > 1:
