@@ -183,8 +183,6 @@ def _check_analysis(plan: SweepPlan) -> None:
     every selector names an axis and a value some trial has, every metric is one the trainer writes,
     and every hypothesis binds to matched pairs in exactly one stratum (analysis.hypotheses.resolve).
     Stores the design check (paired seeds, attainable p, reachability) on the plan."""
-    import pandas as pd
-
     from analysis.hypotheses import PlanError, design_check
     from analysis.results import METRIC_COLUMNS, METRIC_PREFIXES, is_metric_column
 
@@ -218,8 +216,7 @@ def _check_analysis(plan: SweepPlan) -> None:
         if not is_metric_column(metric) or (prefix is not None and metric == prefix):
             raise src.error(where, unknown_message(metric, known, what="metric"))
 
-    frame = pd.DataFrame([{"trial_id": t.trial_id, "seed": t.seed, "status": "done",
-                           **{k: _hashable(t.axes[k]) for k in plan.axes}} for t in plan.trials])
+    frame = trial_frame(plan)
     try:
         plan.design = design_check(a, frame, plan.axes)
     except PlanError as e:
@@ -253,6 +250,17 @@ def _check_looks(plan: SweepPlan) -> None:
         if not message:
             where, message = "looks", str(e)
         raise src.error(f"analysis.{where}", message) from None
+
+
+def trial_frame(plan: SweepPlan, extra: dict[str, dict] | None = None):
+    """One row per trial of ``plan`` (trial_id, seed, status done, the axes; ``extra[trial_id]`` adds
+    columns, e.g. its metrics): the frame analysis.hypotheses binds the plan's hypotheses to."""
+    import pandas as pd
+
+    extra = extra or {}
+    return pd.DataFrame([{"trial_id": t.trial_id, "seed": t.seed, "status": "done",
+                          **{k: _hashable(t.axes[k]) for k in plan.axes}, **extra.get(t.trial_id, {})}
+                         for t in plan.trials])
 
 
 def _hashable(value: Any) -> Any:

@@ -111,7 +111,8 @@ def format_pilot(plan: SweepPlan, pilot_dir: str | Path, ns: Sequence[int] = DEF
         raise ConfigError(f"{pilot_dir}: the pilot cannot carry the plan of {plan.source.path}: {e}") from None
     out = [f"power from pilot {pilot.directory} ({pilot.name}): exact sign-flip test, normal model (future "
            f"differences N(mean, sd) with the pilot's standardised effect mean/sd); {n_sim} simulated studies "
-           f"per n; interval: 95% over the pilot's uncertainty (parametric bootstrap); target power {target:g}"]
+           f"per n; interval: 95% over the pilot's uncertainty (parametric bootstrap); target power {target:g}; a "
+           f"family member's power is that of Holm's first step at alpha/m (a lower bound under Holm)"]
     for r in results:
         h = r.hypothesis
         out.append(f"  {h.role}: {h.label} [{h.direction}], p <= {r.threshold:.4g}:")
