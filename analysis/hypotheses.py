@@ -269,8 +269,9 @@ def evaluate_hypotheses(plan: AnalysisPlan, frame: pd.DataFrame, axes: Sequence[
     return tuple(out)
 
 
-def answer(r: HypothesisResult) -> str:
-    """One sentence: contrast and metric, Δ with its CI, seeds improved, p (Holm p), decision."""
+def answer(r: HypothesisResult, decision: str | None = None) -> str:
+    """One sentence: contrast and metric, Δ with its CI, seeds improved, p (Holm p), decision
+    (``decision`` replaces the fixed-n one: a sequential design's, analysis.looks)."""
     h = r.hypothesis
     where = f" in {stratum_label(r.stratum)}" if r.stratum else ""
     if r.n == 0:
@@ -281,4 +282,4 @@ def answer(r: HypothesisResult) -> str:
         p += f", Holm p = {r.adjusted_pvalue:.4g} in family {h.family} of {r.family_size}"
     return (f"{h.role.capitalize()}: {h.contrast_label} on {h.metric}{where}: Δ (A − B) = {r.delta:+.4g}, "
             f"95% CI [{r.ci.low:+.4g}, {r.ci.high:+.4g}]; A better in {r.n_improved}/{r.n} seeds; {p}; "
-            f"at α = {r.test.alpha:g}: {r.decision}.")
+            f"{decision or f'at α = {r.test.alpha:g}: {r.decision}'}.")

@@ -22,7 +22,13 @@ analysis:
       - contrast: [{method.cost: circumplex}, {method.cost: uniform}]
         metrics: [error_severity, quadrant_keep]
   exploratory: [p_mtl, expr_f1, error_severity, quadrant_keep]
+  looks: [8, 12, 16]                               # optional: a sequential design (seed counts per look)
+  spending: pocock                                 # its alpha-spending rule (default obrien_fleming)
 ```
+
+``looks`` makes the design group-sequential (``analysis.sequential``; ``affsweep run --until-decided``
+adds seeds only to the hypotheses still undecided after a look). The plan hash covers ``looks`` and
+``spending``; a plan without looks hashes as it did before they existed.
 
 Everything else the report computes is **exploratory**: shown with p labelled as such, never
 bolded, never called significant. The former ``primary: [[A, B]]`` / ``secondary:`` / ``metrics:``
@@ -44,6 +50,7 @@ __all__ = ["DEFAULT_METRICS", "AnalysisPlan", "Hypothesis", "HypothesisSpec", "f
 
 DEFAULT_METRICS: tuple[str, ...] = ("p_mtl", "expr_f1", "error_severity", "quadrant_keep")
 Direction = Literal["two-sided", "greater", "less"]
+Spending = Literal["obrien_fleming", "pocock"]  # analysis.sequential.SPENDING_RULES
 
 OLD_FORM = ("the primary/secondary/metrics form is gone (it tested every metric of every contrast); write "
             "primary: [{contrast: [A, B], metric: M}] for each pre-planned hypothesis, "
@@ -187,6 +194,9 @@ class AnalysisPlan(BaseModel):
     seed: int = 0
     # study §6.3 / METHODS §7: the combined class-isolation test is one-sided (rho > 0)
     isolation_direction: Direction = "greater"
+    # a group-sequential design (issue 15 §4): seed counts at which the hypotheses are looked at
+    looks: list[int] | None = None
+    spending: Spending = "obrien_fleming"
 
     @model_validator(mode="before")
     @classmethod
@@ -228,12 +238,26 @@ class AnalysisPlan(BaseModel):
             _entries(entries, f"families.{name}")
         return value
 
+    @field_validator("looks")
+    @classmethod
+    def _increasing_looks(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or value[0] < 1 or any(b <= a for a, b in zip(value, value[1:]))):
+            raise ValueError(f"looks: strictly increasing positive seed counts such as [8, 12, 16], got {value}")
+        return value
+
     @field_validator("exploratory")
     @classmethod
     def _metrics_unique(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError(f"exploratory: duplicated names in {value}")
         return value
+
+    @model_validator(mode="after")
+    def _spending_needs_looks(self) -> AnalysisPlan:
+        if self.looks is None and "spending" in self.model_fields_set:
+            raise ValueError("@spending:a spending rule needs looks: [n1, n2, ...] (the seed counts of a "
+                             "sequential design); without looks the design is fixed-n")
+        return self
 
     @model_validator(mode="after")
     def _distinct_hypotheses(self) -> AnalysisPlan:
@@ -265,7 +289,10 @@ class AnalysisPlan(BaseModel):
         return list(dict.fromkeys([*(h.metric for h in self.hypotheses()), *self.exploratory]))
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), default=str)
+        # without looks the spending rule means nothing: leave both out, so existing plans keep their hash
+        exclude = {"looks", "spending"} if self.looks is None else None
+        return json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True, separators=(",", ":"),
+                          default=str)
 
     def plan_hash(self, length: int = 12) -> str:
         """Short sha256 of the canonical JSON: the same plan always hashes the same."""

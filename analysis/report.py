@@ -123,10 +123,46 @@ def _write_figures(analysis: Analysis, directory: Path) -> list[tuple[str, Path]
     return written
 
 
+def sequential_of(analysis: Analysis):
+    """The sequential decisions (analysis.looks) of a plan with looks, else None; the seeds' order is
+    grid.seed as written in sweep.yaml (the order a sequential run adds them in)."""
+    from analysis.looks import differences_in_seed_order, sequential_state
+
+    plan = analysis.plan
+    if plan.looks is None:
+        return None
+    written = ((analysis.sweep.spec or {}).get("grid") or {}).get("seed")
+    order = list(written) if written else sorted({int(s) for s in analysis.sweep.results["seed"]})
+    return sequential_state(plan, [differences_in_seed_order(r.seeds, r.differences, order)
+                                   for r in analysis.hypotheses])
+
+
+def _sequential_words(analysis: Analysis) -> list[str | None]:
+    from analysis.looks import decision_word
+
+    state = sequential_of(analysis)
+    if state is None:
+        return [None] * len(analysis.hypotheses)
+    plan = analysis.plan
+    return [f"sequential design (looks {plan.looks}, {plan.spending}): {decision_word(d, plan)}"
+            for d in state.decisions]
+
+
 def _answers(analysis: Analysis) -> list[str]:
     if not analysis.hypotheses:
         return ["The plan declares no hypothesis, so nothing is confirmed: every result below is exploratory."]
-    return [answer(r) for r in analysis.hypotheses]
+    return [answer(r, words) for r, words in zip(analysis.hypotheses, _sequential_words(analysis))]
+
+
+def _sequential_json(r, decision, words: str) -> dict:
+    """A hypothesis's entry of analysis.json under a sequential design: the decision is the
+    sequential one (the fixed-n test on all seeds is kept as ``fixed_n_decision``)."""
+    seq = None if decision is None else {
+        "status": decision.status, "look": decision.look, "n": decision.n,
+        "mean_difference": decision.mean_difference,
+        "critical_mean": decision.critical_mean if decision.critical_mean == decision.critical_mean else None}
+    return {**r.to_json(), "fixed_n_decision": r.decision, "decision": words, "sequential": seq,
+            "decided_at_look": decision.look if decision is not None and decision.decided else None}
 
 
 def _header(analysis: Analysis, plan_hash: str) -> list[str]:
@@ -239,10 +275,19 @@ def analysis_json(analysis: Analysis, plan_hash: str) -> dict:
         "plan": json.loads(plan.canonical_json()),
         "alpha": plan.alpha,
         "families": {name: len(plan.family(name)) for name in plan.families},
-        "hypotheses": [r.to_json() for r in analysis.hypotheses],
+        "hypotheses": _hypotheses_json(analysis),
+        "sequential": None if plan.looks is None else {"looks": plan.looks, "spending": plan.spending},
         "answers": _answers(analysis),
         "warnings": list(analysis.warnings),
     }
+
+
+def _hypotheses_json(analysis: Analysis) -> list[dict]:
+    state = sequential_of(analysis)
+    if state is None:
+        return [r.to_json() for r in analysis.hypotheses]
+    return [_sequential_json(r, d, w) for r, d, w in
+            zip(analysis.hypotheses, state.decisions, _sequential_words(analysis))]
 
 
 def run_analysis(source=None, out: str | os.PathLike | None = None, plan: AnalysisPlan | None = None,

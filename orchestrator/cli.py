@@ -30,6 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", default=None, help="override the sweep's storage directory")
     run.add_argument("--verbose", action="store_true",
                      help="Ray Tune's status table and Ray's own log lines instead of the live status line")
+    run.add_argument("--until-decided", action="store_true",
+                     help="sequential design (analysis.looks): run the first look's seeds, then add seeds only "
+                          "to the hypotheses still undecided, look by look")
+
+    plan = sub.add_parser("plan", help="seeds each declared hypothesis needs; power from a pilot sweep")
+    plan.add_argument("sweep", help="sweep YAML")
+    plan.add_argument("--pilot", default=None, metavar="DIR",
+                      help="a finished sweep directory (>= 3 matched seeds) to estimate power from")
+    plan.add_argument("--n-sim", type=int, default=2000, help="simulated studies per n for the power estimate")
 
     train = sub.add_parser("train", help="run one trial without Ray")
     train.add_argument("config", help="trial YAML (a TrialConfig)")
@@ -79,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator.driver import main as run_main
 
         return run_main(args)
+    if args.command == "plan":
+        from orchestrator.plan_cmd import main as plan_main
+
+        return plan_main(args)
     if args.command == "status":
         from orchestrator.status import main as status_main
 

@@ -65,6 +65,11 @@ def main(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     sweep_dir = plan.spec.sweep_dir(args.storage)
+    until_decided = getattr(args, "until_decided", False)
+    if until_decided and plan.analysis.looks is None:
+        print(f"error: {args.sweep}: --until-decided needs a sequential design: analysis.looks: [n1, n2, ...] "
+              f"(README 'Sequential runs')", file=sys.stderr)
+        return 2
     if args.dry_run:
         print(format_dry_run(plan, sweep_dir))
         return 0
@@ -73,6 +78,11 @@ def main(args) -> int:
               file=sys.stderr)
         return 2
     try:
+        if until_decided:
+            from orchestrator.until_decided import run_until_decided
+
+            return run_until_decided(plan, sweep_dir, address=args.address,
+                                     verbose=getattr(args, "verbose", False)).exit_code
         outcome = run_sweep(plan, sweep_dir, address=args.address, verbose=getattr(args, "verbose", False))
     except SweepBusy as e:
         print(f"error: {e}", file=sys.stderr)

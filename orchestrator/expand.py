@@ -183,8 +183,6 @@ def _check_analysis(plan: SweepPlan) -> None:
     every selector names an axis and a value some trial has, every metric is one the trainer writes,
     and every hypothesis binds to matched pairs in exactly one stratum (analysis.hypotheses.resolve).
     Stores the design check (paired seeds, attainable p, reachability) on the plan."""
-    import pandas as pd
-
     from analysis.hypotheses import PlanError, design_check
     from analysis.results import METRIC_COLUMNS, METRIC_PREFIXES, is_metric_column
 
@@ -218,12 +216,51 @@ def _check_analysis(plan: SweepPlan) -> None:
         if not is_metric_column(metric) or (prefix is not None and metric == prefix):
             raise src.error(where, unknown_message(metric, known, what="metric"))
 
-    frame = pd.DataFrame([{"trial_id": t.trial_id, "seed": t.seed, "status": "done",
-                           **{k: _hashable(t.axes[k]) for k in plan.axes}} for t in plan.trials])
+    frame = trial_frame(plan)
     try:
         plan.design = design_check(a, frame, plan.axes)
     except PlanError as e:
         raise src.error(e.where, e.message) from None
+    _check_looks(plan)
+
+
+def seed_order(plan: SweepPlan) -> list[int]:
+    """The order seeds are run in by a sequential design: grid.seed as written (else sorted)."""
+    written = plan.spec.grid.get("seed")
+    return [int(s) for s in written] if written else plan.seeds
+
+
+def _check_looks(plan: SweepPlan) -> None:
+    """A sequential design (analysis.looks) runs the first n of grid.seed at a look of n seeds: the grid
+    must list at least max(looks) seeds, and every primary and family must have an exact design."""
+    from analysis.looks import look_groups
+
+    a, src = plan.spec.analysis, plan.source
+    if a is None or a.looks is None:
+        return
+    seeds = seed_order(plan)
+    if len(seeds) < a.looks[-1]:
+        raise src.error("analysis.looks", f"looks {a.looks} need {a.looks[-1]} seeds but grid.seed lists "
+                                          f"{len(seeds)}: list at least {a.looks[-1]} (a look of n runs the "
+                                          f"first n of grid.seed)")
+    try:
+        look_groups(a)
+    except ValueError as e:
+        where, _, message = str(e).partition(": ")
+        if not message:
+            where, message = "looks", str(e)
+        raise src.error(f"analysis.{where}", message) from None
+
+
+def trial_frame(plan: SweepPlan, extra: dict[str, dict] | None = None):
+    """One row per trial of ``plan`` (trial_id, seed, status done, the axes; ``extra[trial_id]`` adds
+    columns, e.g. its metrics): the frame analysis.hypotheses binds the plan's hypotheses to."""
+    import pandas as pd
+
+    extra = extra or {}
+    return pd.DataFrame([{"trial_id": t.trial_id, "seed": t.seed, "status": "done",
+                          **{k: _hashable(t.axes[k]) for k in plan.axes}, **extra.get(t.trial_id, {})}
+                         for t in plan.trials])
 
 
 def _hashable(value: Any) -> Any:
@@ -346,6 +383,9 @@ def _format_analysis(plan: SweepPlan) -> list[str]:
             out.append(f"    {r.hypothesis.label}: {r.n_paired} paired seeds, min attainable p "
                        f"{r.min_pvalue:.4g} vs {r.threshold:.4g}: {verdict}")
     out.append(f"  exploratory metrics: {', '.join(a.exploratory) or '(none)'}; alpha {a.alpha}")
+    from analysis.looks import describe_looks
+
+    out += [f"  {line}" for line in describe_looks(a)]
     n = len(plan.seeds)
     p_min = min_attainable_pvalue(n)
     out.append(f"  {n} seeds -> smallest attainable two-sided p = 2/2^{n} = {p_min:.4g} "
