@@ -422,7 +422,7 @@ def mark_trial_failed(client, run_id: str, error: str, final: bool) -> None:
 
 def flatten_params(config: dict, prefix: str = "") -> dict[str, str]:
     """The resolved TrialConfig as dotted-key params (values as MLflow stores them: strings)."""
-    from orchestrator.spec import flatten_dotted
+    from analysis.dotted import flatten_dotted
 
     return {key: _tag_value(value) for key, value in flatten_dotted(config, prefix).items()}
 
