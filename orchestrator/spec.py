@@ -22,7 +22,8 @@ added afterwards, so an explicitly included point is never excluded.
 Every problem is reported as ONE line ``FILE:LINE: key.path: what is wrong (did you mean ...?)``
 (``ConfigError``) before anything is started, created or logged: the spec's own keys, every grid
 key (checked against the TrialConfig schema), and every expanded TrialConfig (so a bad grid value
-is named with its grid key and value) — see ``orchestrator.expand.load_sweep``.
+is named with its grid key and value) — see ``orchestrator.expand.load_sweep``. The wording, the
+YAML key lines and the pydantic-error translation are ``trainers.config_errors``'.
 """
 
 from __future__ import annotations
