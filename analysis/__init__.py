@@ -5,5 +5,7 @@ Modules (import what you need; this package imports nothing heavy by itself):
 ``plan`` (the sweep YAML's ``analysis:`` block), ``results`` (loading), ``pairing`` and
 ``contrasts`` (matched-seed comparisons), ``hypotheses`` (the declared hypotheses: tested, Holm per
 family, decided), ``isolation``, ``study`` (everything computed for a
-report), ``tables``, ``figures``, ``report`` (``run_analysis``, ``affsweep analyze``), ``demo``.
+report), ``tables``, ``figures``, ``report`` (``run_analysis``, ``affsweep analyze``); ``dotted``
+(dotted key paths, shared with the orchestrator). A fake sweep for tests and benchmarks is
+``tests/fake_sweep.py``.
 """

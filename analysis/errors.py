@@ -89,8 +89,13 @@ def affect_weighted_accuracy(confusion, cost) -> float:
 
 
 def class_isolation(cost) -> np.ndarray:
-    """``iso_k = min_{j != k} C_kj`` (METHODS §4): how far each class is from its nearest neighbour."""
+    """``iso_k = min_{j != k} C_kj`` (METHODS §4): how far each class is from its nearest neighbour.
+
+    An undefined distance (NaN: a class without VA labels has no centroid) is left out of the
+    minimum, so one such class does not make every other class's isolation NaN; a class with no
+    defined distance at all gets NaN. The trainer's ``circumplex.json`` and the analysis both use this."""
     c = np.asarray(cost, dtype=float)
     if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] < 2:
         raise ValueError(f"cost must be a square (K, K) matrix with K >= 2, got shape {c.shape}")
-    return np.where(np.eye(c.shape[0], dtype=bool), np.inf, c).min(axis=1)
+    iso = np.where(np.eye(c.shape[0], dtype=bool) | np.isnan(c), np.inf, c).min(axis=1)
+    return np.where(np.isfinite(iso), iso, np.nan)

@@ -14,13 +14,14 @@ given ``path``, also writes it as a PNG there.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
+
+from analysis.contrasts import describe
 
 __all__ = ["plot_circumplex", "plot_confusions", "plot_dose_response", "plot_paired_differences", "save_png"]
 
@@ -148,9 +149,8 @@ def plot_dose_response(lam, series: Mapping[str, np.ndarray], class_series: Mapp
                                                           if class_series else [])):
         for label, values in data.items():
             v = np.asarray(values, dtype=float).reshape(len(lam), -1)
-            with warnings.catch_warnings():  # a lambda a series lacks is an all-NaN column
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean, std = np.nanmean(v, axis=1), np.nanstd(v, axis=1)
+            stats = [describe(row) for row in v]  # mean ± sample std over seeds, as in Table I (NaN: no band)
+            mean, std = np.array([s.mean for s in stats]), np.array([s.std for s in stats])
             ax.plot(lam, mean, marker="o", ms=3, label=label)
             ax.fill_between(lam, mean - std, mean + std, alpha=0.15)
         ax.set(xlabel="λ (OT weight)", ylabel=ylabel)

@@ -15,6 +15,7 @@ Pure functions of arrays returning small frozen results, in the manner of ``scip
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -41,6 +42,9 @@ MAX_EXACT_N = 40
 _RTOL = 1e-9
 # scipy.stats' spelling of the direction of a test: A - B != 0, A - B > 0, A - B < 0
 ALTERNATIVES = ("two-sided", "greater", "less")
+# p <= threshold with a relative slack: a threshold such as 0.05/4 is not a binary fraction, while the
+# p-values are (k / 2**n)
+_PTOL = 1e-12
 
 
 class DesignCannotReachAlpha(UserWarning):
@@ -106,9 +110,29 @@ def min_attainable_pvalue(n: int, n_zero: int = 0, alternative: str = "two-sided
     return float(min(1.0, tails / 2.0**free))
 
 
-def seeds_needed(alpha: float, alternative: str = "two-sided") -> int:
-    """Fewest non-zero paired differences whose exact floor is <= ``alpha``."""
-    return next(k for k in range(1, 200) if min_attainable_pvalue(k, 0, alternative) <= alpha)
+def seeds_needed(alpha: float, family_size: int = 1, alternative: str = "two-sided", zeros: int = 0) -> int:
+    """Fewest paired seeds at which the exact test can reach ``p <= alpha / family_size`` at all.
+
+    ``family_size = m`` asks for Holm's first step in a family of ``m`` (``p_(1) <= alpha/m``);
+    ``zeros`` counts seeds expected to give a zero difference (each doubles the floor). Necessary,
+    not sufficient: attainable means the most extreme outcome (every seed agreeing) is significant,
+    not that the design has power — :func:`analysis.power.power_from_pilot` answers that. Two-sided
+    α = .05 gives 6 (5 seeds: 2/32 = .0625); a Holm family of 4 at .05 gives 8 (2/256 <= .0125 < 2/128).
+    """
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    if int(family_size) < 1 or int(zeros) < 0:
+        raise ValueError(f"need family_size >= 1 and zeros >= 0, got {family_size}, {zeros}")
+    threshold = alpha / int(family_size)
+    # 2**(z+1) / 2**n <= threshold  <=>  n >= z + 1 + log2(1/threshold) (one-sided: z + log2(...))
+    n = max(int(zeros) + 1, int(zeros) + math.ceil(math.log2((2.0 if alternative == "two-sided" else 1.0) / threshold)))
+    while n > int(zeros) + 1 and min_attainable_pvalue(n - 1, int(zeros), alternative) <= threshold * (1 + _PTOL):
+        n -= 1  # guard against log2 rounding up at exact binary fractions
+    while min_attainable_pvalue(n, int(zeros), alternative) > threshold * (1 + _PTOL):
+        n += 1
+    return n
 
 
 def _subset_sums(values: np.ndarray) -> np.ndarray:

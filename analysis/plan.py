@@ -46,6 +46,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from analysis.dotted import flatten_dotted
+
 __all__ = ["DEFAULT_METRICS", "AnalysisPlan", "Hypothesis", "HypothesisSpec", "flatten_selector", "selector_label"]
 
 DEFAULT_METRICS: tuple[str, ...] = ("p_mtl", "expr_f1", "error_severity", "quadrant_keep")
@@ -60,17 +62,12 @@ OLD_FORM = ("the primary/secondary/metrics form is gone (it tested every metric 
 
 def flatten_selector(selector: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"method": {"cost": "none"}}`` -> ``{"method.cost": "none"}``; dotted keys pass through."""
-    flat: dict[str, Any] = {}
-    for key, value in selector.items():
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"selector keys must be non-empty strings, got {key!r}")
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            if not value:
-                raise ValueError(f"selector key {dotted!r} has an empty mapping as its value")
-            flat.update(flatten_selector(value, prefix=f"{dotted}."))
-        else:
-            flat[dotted] = value
+    flat = flatten_dotted(selector, prefix)
+    for dotted, value in flat.items():
+        if any(not part for part in dotted.split(".")):
+            raise ValueError(f"selector keys must be non-empty strings, got {dotted!r}")
+        if isinstance(value, dict):  # flatten_dotted keeps {} as a value
+            raise ValueError(f"selector key {dotted!r} has an empty mapping as its value")
     return flat
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.paired import min_attainable_pvalue
+from analysis.paired import _PTOL, min_attainable_pvalue, seeds_needed  # seeds_needed: re-exported
 from analysis.signflip import check_alternative, signflip_pvalues
 
 __all__ = ["PowerAtN", "PowerEstimate", "power_from_pilot", "seeds_needed", "smallest_pvalue"]
@@ -30,9 +30,6 @@ MODELS = ("normal", "bootstrap")
 # Standardised effects beyond this are "all signs agree" for every n planned (P(Z < -50) = 0); the
 # clip keeps an exactly constant pilot (sd = 0, effect infinite) finite.
 _MAX_EFFECT = 50.0
-# p <= threshold compared with a relative slack, since a threshold such as 0.05/4 is not a binary
-# fraction while the p-values are (k / 2**n).
-_PTOL = 1e-12
 
 
 def smallest_pvalue(n: int, alternative: str = "two-sided", zeros: int = 0) -> float:
@@ -49,32 +46,7 @@ def smallest_pvalue(n: int, alternative: str = "two-sided", zeros: int = 0) -> f
         raise ValueError(f"need n >= 0 and 0 <= zeros <= n, got n={n}, zeros={zeros}")
     if n - zeros == 0:
         return 1.0
-    floor = min_attainable_pvalue(n - zeros)
-    return floor if alternative == "two-sided" else floor / 2.0
-
-
-def seeds_needed(alpha: float, family_size: int = 1, alternative: str = "two-sided", zeros: int = 0) -> int:
-    """Fewest paired seeds at which the exact test can reach ``p <= alpha / family_size`` at all.
-
-    ``family_size = m`` asks for Holm's first step in a family of ``m`` (``p_(1) <= alpha/m``);
-    ``zeros`` counts seeds expected to give a zero difference (each doubles the floor). Necessary,
-    not sufficient: attainable means the most extreme outcome (every seed agreeing) is significant,
-    not that the design has power — :func:`power_from_pilot` answers that. Two-sided α = .05 gives 6
-    (5 seeds: 2/32 = .0625); a Holm family of 4 at .05 gives 8 (2/256 <= .0125 < 2/128).
-    """
-    check_alternative(alternative)
-    if not 0 < alpha <= 1:
-        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
-    if int(family_size) < 1 or int(zeros) < 0:
-        raise ValueError(f"need family_size >= 1 and zeros >= 0, got {family_size}, {zeros}")
-    threshold = alpha / int(family_size)
-    # 2**(z+1) / 2**n <= threshold  <=>  n >= z + 1 + log2(1/threshold) (one-sided: z + log2(...))
-    n = max(int(zeros) + 1, int(zeros) + math.ceil(math.log2((2.0 if alternative == "two-sided" else 1.0) / threshold)))
-    while n > int(zeros) + 1 and smallest_pvalue(n - 1, alternative, int(zeros)) <= threshold * (1 + _PTOL):
-        n -= 1  # guard against log2 rounding up at exact binary fractions
-    while smallest_pvalue(n, alternative, int(zeros)) > threshold * (1 + _PTOL):
-        n += 1
-    return n
+    return min_attainable_pvalue(n, zeros, alternative)
 
 
 @dataclass(frozen=True)

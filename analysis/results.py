@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.dotted import flatten_dotted
 from analysis.plan import AnalysisPlan
 
 __all__ = [
@@ -198,25 +199,15 @@ def grid_keys_of(spec: Mapping | None) -> list[str] | None:
     """Dotted axis keys of a sweep spec: its grid keys plus keys set by include/exclude entries."""
     if not spec or not isinstance(spec.get("grid"), Mapping):
         return None
-    keys = [str(k) for k in _flatten(spec["grid"])]  # nested grid mappings become dotted keys
+    keys = [str(k) for k in flatten_dotted(spec["grid"])]  # nested grid mappings become dotted keys
     for extra in ("include", "exclude"):
         entries = spec.get(extra) or spec["grid"].get(extra) or []
         for entry in entries if isinstance(entries, list) else []:
             if isinstance(entry, Mapping):
-                for key in _flatten(entry):
+                for key in flatten_dotted(entry):
                     if key not in keys:
                         keys.append(key)
     return [k for k in keys if k not in ("include", "exclude")]
-
-
-def _flatten(mapping: Mapping, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in mapping.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def plan_of(spec: Mapping | None, where: str = "sweep.yaml") -> AnalysisPlan | None:

@@ -13,17 +13,20 @@ circumplex vs base on every class and AU). Prints the time of the statistics alo
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from analysis.demo import write_demo_sweep
-from analysis.plan import AnalysisPlan
-from analysis.report import run_analysis
-from analysis.results import load_sweep
-from analysis.study import analyze
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.plan import AnalysisPlan  # noqa: E402
+from analysis.report import run_analysis  # noqa: E402
+from analysis.results import load_sweep  # noqa: E402
+from analysis.study import analyze  # noqa: E402
+from tests.fake_sweep import write_demo_sweep  # noqa: E402
 
 COSTS = ("none", "circumplex", "permuted", "uniform")
 

@@ -2,6 +2,7 @@
 "Tracking").
 
 - ``spec``: the sweep YAML as a validated pydantic model; one-line errors with file:line
+  (``trainers.config_errors``)
 - ``expand``: grid points -> TrialConfigs (content-addressed ``trial_id``), ``--dry-run`` output
 - ``driver``: ``affsweep run`` — plan the trials not done yet, run them with ``tune.Tuner``
 - ``trainable``: the Ray Tune function trainable around ``trainers.engine.fit``

@@ -20,9 +20,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from analysis.dotted import get_dotted
 from analysis.plan import AnalysisPlan, selector_label
-from orchestrator.spec import ConfigError, SweepSpec, YamlSource, literal_message, read_spec, unknown_message
+from orchestrator.spec import SweepSpec, read_spec
 from trainers.config import TrialConfig, describe_validation_error
+from trainers.config_errors import ConfigError, YamlSource, literal_message, unknown_message
 
 __all__ = ["SweepPlan", "Trial", "expand", "format_dry_run", "load_sweep", "same_value"]
 
@@ -115,7 +117,7 @@ def expand(spec: SweepSpec, src: YamlSource) -> SweepPlan:
         if cfg.trial_id in trials:
             continue  # duplicate point: the same experiment runs once
         resolved = cfg.model_dump(mode="json")
-        trials[cfg.trial_id] = Trial(cfg.trial_id, cfg, cfg.seed, {k: _get(resolved, k) for k in axes})
+        trials[cfg.trial_id] = Trial(cfg.trial_id, cfg, cfg.seed, {k: get_dotted(resolved, k) for k in axes})
     plan = SweepPlan(spec, src, list(trials.values()), axes)
     _check_analysis(plan)
     plan.warnings += _seed_warnings(plan)
@@ -163,14 +165,8 @@ def _grid_item(src: YamlSource, key: str, value: Any) -> str | None:
         data = yaml.safe_load(src.text) or {}
     except yaml.YAMLError:
         return None
-    node: Any = data.get("grid", {})
-    written = key if key in node else None
-    if written is None:  # nested form: grid: {method: {cost: [...]}}
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        axis = node
-    else:
-        axis = node[written]
+    grid = data.get("grid", {})
+    axis = grid[key] if key in grid else get_dotted(grid, key)  # dotted, or nested: grid: {method: {cost: [...]}}
     if isinstance(axis, list):
         for i, v in enumerate(axis):
             if v == value:
@@ -322,13 +318,6 @@ def _merge(a: dict, b: dict) -> dict:
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-def _get(data: dict, dotted: str) -> Any:
-    node: Any = data
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 # --- --dry-run -------------------------------------------------------------------------------------

@@ -31,7 +31,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainers.config import ConfigError, TrialConfig, yaml_key_lines
+from analysis.dotted import get_dotted
+from trainers.config import TrialConfig
+from trainers.config_errors import ConfigError, YamlSource, unknown_message
 
 __all__ = ["check_sweep", "check_trial"]
 
@@ -64,12 +66,9 @@ def check_trial(cfg: TrialConfig, path: str | os.PathLike) -> None:
         _check_config(cfg, {})
     except Problem as p:
         try:
-            lines = yaml_key_lines(Path(path).read_text())
+            line = YamlSource(path, Path(path).read_text()).line(p.key)
         except (OSError, UnicodeDecodeError):
-            lines = {}
-        parts = p.key.split(".")
-        line = next((lines[".".join(parts[:i])] for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in lines),
-                    None)
+            line = None
         raise ConfigError(f"{path}{f':{line}' if line else ''}: {p.key}: {p.message}") from None
 
 
@@ -120,13 +119,13 @@ def _locate_in_sweep(plan, trial, p: Problem) -> ConfigError:
         return same_value(resolved, written)
 
     for k, values in spec.grid.items():
-        value = next((v for v in values if covers(k) and matches(_get(cfg, k), v)), None)
+        value = next((v for v in values if covers(k) and matches(get_dotted(cfg, k), v)), None)
         if value is not None:
             line = src.line(_grid_item(src, k, value) or f"grid.{k}")
             return _error(src.path, line, f"grid.{k}", p)
     for i, point in enumerate(spec.include):
         for k, v in point.items():
-            if covers(k) and matches(_get(cfg, k), v):
+            if covers(k) and matches(get_dotted(cfg, k), v):
                 return _error(src.path, src.line(f"include.{i}.{k}"), f"include.{i}.{k}", p)
     return _error(src.path, src.line(f"base.{p.key}"), f"base.{p.key}", p)
 
@@ -134,13 +133,6 @@ def _locate_in_sweep(plan, trial, p: Problem) -> ConfigError:
 def _error(path: str, line: int | None, where: str, p: Problem) -> ConfigError:
     key = where if where.endswith(p.key) else f"{where}: {p.key}"
     return ConfigError(f"{path}{f':{line}' if line else ''}: {key}: {p.message}")
-
-
-def _get(data: dict, dotted: str) -> Any:
-    node: Any = data
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def _expand_path(raw: str, key: str) -> str:
@@ -163,9 +155,7 @@ def _check_dataset(ds) -> tuple[bool, bool]:
         from trainers.data.synthetic import PRESETS
 
         if ds.preset not in PRESETS:
-            from trainers.config import _unknown
-
-            raise Problem("dataset.preset", _unknown("preset", ds.preset, list(PRESETS), what="preset"))
+            raise Problem("dataset.preset", unknown_message(ds.preset, list(PRESETS), what="preset"))
         space = PRESETS[ds.preset].label_space
     else:
         space = entry.label_space
@@ -330,9 +320,7 @@ def _check_import_source(source: str) -> None:
 
         preset = source.split(":", 1)[1]
         if preset not in PRESETS:
-            from trainers.config import _unknown
-
-            raise Problem("method.imported_from", _unknown("preset", preset, list(PRESETS), what="synthetic preset"))
+            raise Problem("method.imported_from", unknown_message(preset, list(PRESETS), what="synthetic preset"))
         return
     from trainers.losses.ot import load_import_source
 

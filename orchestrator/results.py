@@ -147,6 +147,8 @@ def write_results(plan, sweep_dir: Path) -> pd.DataFrame:
 
 def condition_table(plan, sweep_dir: Path, metrics: list[str]) -> str:
     """Per-condition mean ± std (n) of ``metrics`` over the done trials: the fallback report."""
+    from analysis.contrasts import describe
+
     rows = result_rows(plan, sweep_dir)
     done = [r for r in rows if r["status"] == "done"]
     header = ["condition", "n", *metrics]
@@ -156,9 +158,8 @@ def condition_table(plan, sweep_dir: Path, metrics: list[str]) -> str:
         got = [r for r in done if r["trial_id"] in ids]
         cells = [label, str(len(got))]
         for m in metrics:
-            vals = pd.Series([r.get(m) for r in got], dtype="float64").dropna()
-            cells.append("—" if vals.empty else (f"{vals.mean():.3f} ± {vals.std(ddof=1):.3f}" if len(vals) > 1
-                                                  else f"{vals.mean():.3f}"))
+            s = describe(pd.Series([r.get(m) for r in got], dtype="float64"))
+            cells.append("—" if s.n == 0 else (f"{s.mean:.3f} ± {s.std:.3f}" if s.n > 1 else f"{s.mean:.3f}"))
         lines.append(cells)
     widths = [max(len(h), *(len(r[i]) for r in lines)) if lines else len(h) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731

@@ -22,21 +22,29 @@ added afterwards, so an explicitly included point is never excluded.
 Every problem is reported as ONE line ``FILE:LINE: key.path: what is wrong (did you mean ...?)``
 (``ConfigError``) before anything is started, created or logged: the spec's own keys, every grid
 key (checked against the TrialConfig schema), and every expanded TrialConfig (so a bad grid value
-is named with its grid key and value) — see ``orchestrator.expand.load_sweep``.
+is named with its grid key and value) — see ``orchestrator.expand.load_sweep``. The wording, the
+YAML key lines and the pydantic-error translation are ``trainers.config_errors``'.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from analysis.dotted import flatten_dotted
 from analysis.plan import AnalysisPlan
-from trainers.config import ConfigError, TrialConfig, read_yaml_mapping, yaml_key_lines
+from trainers.config import TrialConfig
+from trainers.config_errors import (
+    ConfigError,
+    YamlSource,
+    explain_error,
+    literal_message,
+    read_yaml_mapping,
+    unknown_message,
+)
 
 __all__ = ["ConfigError", "Failure", "Resources", "SweepSpec", "Tracking", "YamlSource", "check_dotted_key",
            "read_spec"]
@@ -136,65 +144,6 @@ class SweepSpec(_Strict):
         return (Path(storage if storage is not None else self.storage).expanduser() / self.name).resolve()
 
 
-def flatten_dotted(mapping: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings -> dotted keys; a value that is a list (an axis) or a scalar ends the key."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_dotted(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
-# --- where in the file ----------------------------------------------------------------------------
-
-class YamlSource:
-    """The YAML file's name and the line of every key path (``grid.seed``) and list item (``grid.seed.1``)."""
-
-    def __init__(self, path: str | Path, text: str):
-        self.path = str(path)
-        self.text = text
-        self.lines = {**yaml_key_lines(text), **_item_lines(text)}
-
-    def line(self, path: str) -> int | None:
-        """Line of ``path`` or of its closest enclosing key (``grid.method.cost`` for a flattened key
-        written nested is found under the same dotted path)."""
-        parts = path.split(".")
-        while parts:
-            found = self.lines.get(".".join(parts))
-            if found is not None:
-                return found
-            parts.pop()
-        return None
-
-    def error(self, path: str, message: str) -> ConfigError:
-        line = self.line(path) if path else None
-        where = f"{self.path}:{line}" if line else self.path
-        return ConfigError(f"{where}: {path}: {message}" if path else f"{where}: {message}")
-
-
-def _item_lines(text: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-
-    def walk(node, prefix: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:  # keys inside list items too (analysis.primary.0.metric)
-                out.setdefault(f"{prefix}{key_node.value}", key_node.start_mark.line + 1)
-                walk(value_node, f"{prefix}{key_node.value}.")
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                out[f"{prefix}{i}"] = item.start_mark.line + 1
-                walk(item, f"{prefix}{i}.")
-
-    try:
-        walk(yaml.compose(text), "")
-    except yaml.YAMLError:
-        pass
-    return out
-
-
 # --- reading ------------------------------------------------------------------------------------
 
 def read_spec(path: str | Path) -> tuple[SweepSpec, YamlSource]:
@@ -219,16 +168,10 @@ def describe_spec_error(err: ValidationError, src: YamlSource) -> ConfigError:
     errors = err.errors()
     # an unknown key explains a "missing" one (gird: -> grid missing): report it first
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = [str(p) for p in first["loc"] if not str(p).startswith("function-")]
-    msg = first["msg"].removeprefix("Value error, ")
-    if msg.startswith("@"):  # a validator that knows the offending sub-key
-        sub, msg = msg[1:].split(":", 1)
-        loc = [sub] if sub == "grid" and loc in ([], ["grid"]) else [*loc, sub]
-    if first["type"] == "extra_forbidden":
-        model = _model_at(SweepSpec, loc[:-1])
-        fields = list(model.model_fields) if model else []
-        msg = unknown_message(loc[-1], fields, what="key")
-    elif first["type"] == "missing":
+    loc, msg = explain_error(first, SweepSpec)
+    if loc == ["grid", "grid"]:  # "@grid:" of a grid validator names the grid itself
+        loc = ["grid"]
+    if first["type"] == "missing":
         msg = "missing" + {"name": " (the sweep's name; its directory is <storage>/<name>/)",
                            "grid": " (name at least one axis, e.g. seed: [0, 1, 2])"}.get(".".join(loc), "")
     elif first["type"] == "literal_error":
@@ -238,29 +181,6 @@ def describe_spec_error(err: ValidationError, src: YamlSource) -> ConfigError:
     if m and loc and m.group(1).split(".")[0] == loc[-1]:
         loc, msg = [*loc[:-1], *m.group(1).split(".")], m.group(2)
     return src.error(".".join(loc), msg)
-
-
-def _model_at(model: type[BaseModel] | None, loc: list[str]) -> type[BaseModel] | None:
-    for part in loc:
-        field = model.model_fields.get(part) if model is not None else None
-        if field is None:
-            return None
-        ann = field.annotation
-        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        model = candidates[0] if candidates else None
-    return model
-
-
-def unknown_message(value: Any, choices, what: str = "key") -> str:
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-    hint = f' (did you mean "{close[0]}"?)' if close else (
-        f" (choose from {', '.join(map(str, choices))})" if choices else "")
-    return f"unknown {what}{hint}" if what == "key" else f"unknown {what} {value!r}{hint}"
-
-
-def literal_message(error: dict) -> str:
-    expected = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
-    return unknown_message(error.get("input"), expected, what="value")
 
 
 # --- dotted keys against the TrialConfig schema -----------------------------------------------------

@@ -325,6 +325,8 @@ def refresh_summaries(plan, sweep_dir: Path, tracker: SweepTracker, only: str | 
 
 def summary_statistics(results: list[dict]) -> dict[str, tuple[float, float, int]]:
     """metric -> (mean, sample std (ddof=1), n) over the finite numeric values of ``results``."""
+    from analysis.contrasts import describe
+
     skip = {"seed", "epochs"}
     keys: dict[str, None] = {}
     for r in results:
@@ -336,10 +338,8 @@ def summary_statistics(results: list[dict]) -> dict[str, tuple[float, float, int
         vals = [float(r[k]) for r in results if isinstance(r.get(k), int | float) and math.isfinite(r[k])]
         if not vals:
             continue
-        n = len(vals)
-        mean = sum(vals) / n
-        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else float("nan")
-        out[k] = (mean, std, n)
+        stats = describe(vals)  # the analysis' mean ± std over seeds
+        out[k] = (stats.mean, stats.std, stats.n)
     return out
 
 
@@ -512,7 +512,7 @@ def mark_trial_failed(client, run_id: str, error: str, final: bool) -> None:
 
 def flatten_params(config: dict, prefix: str = "") -> dict[str, str]:
     """The resolved TrialConfig as dotted-key params (values as MLflow stores them: strings)."""
-    from orchestrator.spec import flatten_dotted
+    from analysis.dotted import flatten_dotted
 
     return {key: _tag_value(value) for key, value in flatten_dotted(config, prefix).items()}
 

@@ -63,6 +63,16 @@ def test_class_isolation():
     np.testing.assert_allclose(class_isolation(C), [1.0, 1.0, 2.0])
 
 
+def test_class_isolation_leaves_undefined_distances_out():
+    # class 2 has no centroid: its distances are NaN; the others keep their nearest defined neighbour
+    nan = np.nan
+    cost = [[0.0, 1.5, nan, 3.0], [1.5, 0.0, nan, 0.5], [nan, nan, 0.0, nan], [3.0, 0.5, nan, 0.0]]
+    np.testing.assert_allclose(class_isolation(cost), [1.5, 0.5, nan, 0.5])
+    from trainers import geometry  # the trainer's circumplex.json uses the same function
+
+    assert geometry.class_isolation is class_isolation
+
+
 def test_input_validation():
     with pytest.raises(ValueError, match="square"):
         error_severity(np.ones((2, 3)), np.ones((2, 3)))

@@ -16,7 +16,6 @@ import scipy.stats as st
 from scipy.stats import rankdata
 from statsmodels.stats.multitest import multipletests
 
-from analysis.demo import write_demo_sweep
 from analysis.hypotheses import PlanError, evaluate_hypotheses
 from analysis.isolation import spearman_permutation_test
 from analysis.paired import min_attainable_pvalue, paired_permutation_test
@@ -25,6 +24,7 @@ from analysis.report import run_analysis
 from analysis.results import SweepResults, metric_columns
 from analysis.study import analyze
 from analysis.tables import error_structure_table, method_table
+from tests.fake_sweep import write_demo_sweep
 
 C, U, N, P = ({"method.cost": c} for c in ("circumplex", "uniform", "none", "permuted"))
 STUDY_PLAN = {

@@ -161,7 +161,7 @@ def test_cli_names_a_missing_sweep_and_exits_2(tmp_path, capsys):
 
 
 def test_analysis_never_imports_torch_trainers_or_orchestrator():
-    code = ("import sys, analysis.report, analysis.study, analysis.tables, analysis.figures, analysis.demo, "
+    code = ("import sys, analysis.report, analysis.study, analysis.tables, analysis.figures, "
             "analysis.errors, analysis.paired, analysis.pairing, analysis.results, analysis.plan, analysis.isolation, "
             "analysis.hypotheses; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'trainers', 'orchestrator', 'ray')))")

@@ -18,6 +18,20 @@ def test_unknown_key_names_key_line_and_suggestion(tmp_path):
     assert "\n" not in msg
 
 
+def test_bad_list_item_names_its_own_line(tmp_path):
+    # the trial YAML and the sweep YAML share one key-line walker (trainers.config_errors), list items included
+    p = write(tmp_path, "seed: 0\ndataset:\n  drop_tasks:\n    - va\n    - bogus\n")
+    with pytest.raises(ConfigError) as e:
+        load_trial_config(p)
+    assert str(e.value).startswith(f"{p}:5: dataset.drop_tasks.1: ")
+
+
+def test_a_key_written_twice_is_named_where_its_kept_value_is(tmp_path):
+    p = write(tmp_path, "seed: 0\nepochs: 3\nepochs: many\n")  # yaml.safe_load keeps the last
+    with pytest.raises(ConfigError, match=r"trial.yaml:3: epochs: Input should be a valid integer"):
+        load_trial_config(p)
+
+
 def test_wrong_type_names_key(tmp_path):
     p = write(tmp_path, "seed: 0\nepochs: many\n")
     with pytest.raises(ConfigError, match=r"trial.yaml:2: epochs: Input should be a valid integer"):

@@ -24,10 +24,7 @@ from orchestrator.cli import main as cli
 from orchestrator.expand import load_sweep
 from orchestrator.until_decided import run_until_decided
 
-try:  # the fake-sweep writer may move out of the package (into tests/)
-    from analysis.demo import write_demo_sweep
-except ImportError:  # pragma: no cover
-    from demo import write_demo_sweep  # type: ignore[no-redef]
+from tests.fake_sweep import write_demo_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = {"dataset": {"name": "synthetic", "preset": "affwild2_like", "n": 600, "image_size": 32},

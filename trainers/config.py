@@ -7,15 +7,14 @@ paths, devices or worker counts — so the same grid point always has the same i
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainers.config_errors import ConfigError, explain_error, read_yaml_mapping, unknown_message, yaml_key_lines
 from trainers.costs import COST_VARIANTS as COST_VARIANTS  # re-exported: the shorthands of method.cost
 from trainers.costs import CostSpec, canonical_cost, check_cost_for_label_space, cost_identity
 from trainers.data.labels import LABEL_SPACES
@@ -49,7 +48,7 @@ class DatasetConfig(_Strict):
         from trainers.data.registry import DATASETS
 
         if name not in DATASETS:
-            raise ValueError(_unknown("name", name, DATASETS, what="dataset"))
+            raise ValueError(unknown_message(name, DATASETS, what="dataset"))
         return name
 
 
@@ -104,7 +103,7 @@ class MethodConfig(BaseModel):
         from trainers.methods import METHODS  # registry; imported late to avoid a cycle
 
         if name not in METHODS:
-            raise ValueError(_unknown("name", name, METHODS, what="method"))
+            raise ValueError(unknown_message(name, METHODS, what="method"))
         return name
 
     @model_validator(mode="after")
@@ -116,7 +115,7 @@ class MethodConfig(BaseModel):
         for key in self.options:
             if key not in allowed:
                 # "@key:" lets describe_validation_error put the option into the key path
-                raise ValueError(f"@{key}:" + _unknown(key, key, allowed, what=f"option of method {self.name!r}:"))
+                raise ValueError(f"@{key}:" + unknown_message(key, allowed, what=f"option of method {self.name!r}:"))
         try:  # the method's own typed options (ranges, choices); the values stay as written (trial_id)
             method.Options.model_validate(self.options)
         except ValidationError as e:
@@ -208,95 +207,13 @@ class TrialConfig(_Strict):
         return space
 
 
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line for the user."""
-
-
-def _unknown(key: str, value: Any, choices, what: str = "value") -> str:
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-    hint = f' (did you mean "{close[0]}"?)' if close else f" (choose from {', '.join(map(str, choices))})"
-    return f"unknown {what} {value!r}{hint}"
-
-
 def describe_validation_error(err: ValidationError, source: str = "", lines: dict[str, int] | None = None,
                               prefix: str = "") -> str:
-    """One line naming the key path (and file:line when known) for the first error."""
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
-    msg = first["msg"].removeprefix("Value error, ")
-    if msg.startswith("@"):  # a validator that knows the offending sub-key
-        sub, msg = msg[1:].split(":", 1)
-        loc = f"{loc}.{sub}" if loc else sub
-    path = f"{prefix}{loc}" if loc else prefix.rstrip(".")
-    if first["type"] == "extra_forbidden":
-        parent_model = _model_at(TrialConfig, first["loc"][:-1])
-        fields = list(parent_model.model_fields) if parent_model else []
-        msg = _unknown("key", first["loc"][-1], fields, what="key")
-    where = source
-    if lines and path in lines:
-        where = f"{source}:{lines[path]}"
+    """One line naming the key path of TrialConfig (and file:line when known) for the first error."""
+    loc, msg = explain_error(err.errors()[0], TrialConfig, show_key=True)
+    path = f"{prefix}{'.'.join(loc)}" if loc else prefix.rstrip(".")
+    where = f"{source}:{lines[path]}" if lines and path in lines else source
     return f"{where + ': ' if where else ''}{path}: {msg}"
-
-
-def _model_at(model, loc) -> type[BaseModel] | None:
-    for part in loc:
-        field = model.model_fields.get(str(part)) if model else None
-        if field is None:
-            return None
-        model = field.annotation if isinstance(field.annotation, type) else None
-    return model
-
-
-def yaml_key_lines(text: str) -> dict[str, int]:
-    """Map dotted key paths of a YAML mapping document to their 1-based line numbers."""
-    out: dict[str, int] = {}
-
-    def walk(node, prefix: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = f"{prefix}{key_node.value}"
-                out[key] = key_node.start_mark.line + 1
-                walk(value_node, key + ".")
-
-    try:
-        walk(yaml.compose(text), "")
-    except yaml.YAMLError:
-        pass
-    return out
-
-
-def read_yaml_mapping(path: Path, what: str) -> tuple[dict, str]:
-    """(parsed mapping, text) of a YAML file; ConfigError naming the file (and line) otherwise."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    nul = raw.find(b"\x00")
-    if nul >= 0:
-        line = raw[:nul].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not a text file (a NUL byte at offset {nul}); expected YAML")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-                          f"save the YAML as UTF-8") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        if isinstance(e, yaml.reader.ReaderError):  # a control character
-            line = f":{text[:e.position].count(chr(10)) + 1}"  # ReaderError has no problem_mark
-            raise ConfigError(f"{path}{line}: not valid YAML text (control character #x{e.character:02x} "
-                              f"at offset {e.position})") from None
-        why = " ".join(str(getattr(e, "problem", None) or e).split())
-        raise ConfigError(f"{path}{line}: not valid YAML ({why})") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of {what} at the top level")
-    return data, text
 
 
 def load_trial_config(path: str | Path) -> TrialConfig:

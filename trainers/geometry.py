@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis.errors import class_isolation  # one owner (numpy only); re-exported for the trainer
 from trainers.costs import COST_VARIANTS
 from trainers.data.labels import AU_NAMES
 
@@ -105,15 +106,6 @@ def class_covariances(va, expr, num_classes: int) -> np.ndarray:
         elif len(x) > 1:
             covs[k] = np.cov(x, rowvar=False, ddof=1)
     return covs
-
-
-def class_isolation(cost) -> np.ndarray:
-    """``iso_k = min_{j != k} C_kj`` (METHODS §4); NaN where a class has no defined distance."""
-    c = np.asarray(cost, dtype=np.float64).copy()
-    np.fill_diagonal(c, np.inf)
-    c[np.isnan(c)] = np.inf
-    iso = c.min(axis=1)
-    return np.where(np.isfinite(iso), iso, np.nan)
 
 
 def _off_diagonal(cost: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""A synthetic sweep directory in the results contract, for the benchmark, the docs and smoke runs.
+"""A fake sweep directory in the results contract, for the analysis tests and ``benchmarks/analysis_speed.py``.
 
 :func:`write_demo_sweep` writes ``results.parquet``, ``results.csv``, ``sweep.yaml`` (with an
 ``analysis:`` block), ``mlflow.json`` and ``trials/<trial_id>/{result,confusion,circumplex}.json``
