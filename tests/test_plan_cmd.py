@@ -23,7 +23,6 @@ from orchestrator import results as record
 from orchestrator.cli import main as cli
 from orchestrator.expand import load_sweep
 from orchestrator.until_decided import run_until_decided
-
 from tests.fake_sweep import write_demo_sweep
 
 REPO = Path(__file__).resolve().parent.parent
