@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import results as record
+from orchestrator import sweep_dir as record
 from orchestrator import tracking
 from orchestrator.expand import SweepPlan, Trial, format_dry_run, load_sweep
 from orchestrator.preflight import check_sweep

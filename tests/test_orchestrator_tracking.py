@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator import results as record
+from orchestrator import sweep_dir as record
 from orchestrator import tracking
 from orchestrator.cli import main as cli_main
 from orchestrator.expand import load_sweep
