@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-    from orchestrator import results as record
+    from orchestrator import sweep_dir as record
     from orchestrator.driver import run_sweep
     from orchestrator.expand import load_sweep
 

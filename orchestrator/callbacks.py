@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ray import tune
 
-from orchestrator import results as record
+from orchestrator import sweep_dir as record
 from orchestrator import tracking
 
 

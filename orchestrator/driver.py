@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import results as record
+from orchestrator import sweep_dir as record
 from orchestrator import tracking
 from orchestrator.expand import SweepPlan, Trial, format_dry_run, load_sweep
 from orchestrator.preflight import check_sweep
@@ -180,12 +180,9 @@ def _drive(plan: SweepPlan, sweep_dir: Path, tracker, outcome: SweepOutcome, add
 def _backfill(tracker, t: Trial, tdir: Path, result: dict, runs: dict) -> None:
     run_id = tracker.ensure_trial_run(t, runs)
     history = record.read_json(tdir / "history.json") or []
-    full = {"trial_id": t.trial_id, "sweep": tracker.sweep, "seed": t.seed, "status": "done", **t.axes,
-            **{k: v for k, v in result.items() if k not in ("trial_id", "sweep", "seed", "status")}}
-    stamp = tracking.result_timestamp(tdir)  # the trial's own, also if part of its result landed
-    if full != result:
-        record.write_json(tdir / "result.json", full)
-    tracking.log_trial_result(tracker.client, run_id, tdir, full, history=history, timestamp=stamp)
+    row = record.plan_row(t, tracker.sweep, "done", result)  # result.json itself is not rewritten
+    tracking.log_trial_result(tracker.client, run_id, tdir, row, history=history,
+                              timestamp=tracking.result_timestamp(tdir))
 
 
 def _trial_param(t: Trial, sweep_dir: Path, run_id: str, failures: dict[str, int]) -> dict:

@@ -2,7 +2,7 @@
 
 ``SWEEP`` is the sweep YAML (its directory is ``<storage>/<name>/``) or the sweep directory itself
 (whose ``sweep.yaml`` is the copy the last ``affsweep run`` made). Nothing is started or contacted:
-the trial directories are the record (``orchestrator.results``).
+the trial directories are the record (``orchestrator.sweep_dir``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from orchestrator import results as record
+from orchestrator import sweep_dir as record
 from orchestrator.expand import SweepPlan, load_sweep
 from orchestrator.spec import ConfigError
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ray import tune
 
-from orchestrator import results as record
+from orchestrator import sweep_dir as record
 from orchestrator import tracking
 
 
@@ -93,11 +93,12 @@ def train_trial(config: dict, tracking_uri: str) -> None:
     started = time.perf_counter()
     try:
         checkpoint = tune.get_checkpoint()
+        row = {"sweep": config["sweep"], "axes": t["axes"]}  # fit writes result.json once, with these
         if checkpoint is not None:
             with checkpoint.as_directory() as resume_from:
-                result = fit(cfg, tdir, report=report, progress=False, resume_from=resume_from)
+                result = fit(cfg, tdir, report=report, progress=False, resume_from=resume_from, **row)
         else:
-            result = fit(cfg, tdir, report=report, progress=False)
+            result = fit(cfg, tdir, report=report, progress=False, **row)
     except BaseException as e:
         message = f"{type(e).__name__}: {e}"
         extra = {"nonfinite_in": ray_trial} if isinstance(e, NonFiniteLossError) else {}
@@ -106,12 +107,8 @@ def train_trial(config: dict, tracking_uri: str) -> None:
         mlflow_log.close(timeout=30)  # the driver records the final failure itself if MLflow is away
         raise
 
-    # result.json as DESIGN has it: trial_id, sweep, seed, status + every axis value + final metrics
-    metrics = {k: v for k, v in result.metrics.items() if k not in ("trial_id", "seed", "status")}
-    full = {"trial_id": cfg.trial_id, "sweep": config["sweep"], "seed": cfg.seed, "status": "done",
-            **t["axes"], **metrics}
-    record.write_json(tdir / "result.json", full)
-    mlflow_log.submit(tracking.log_trial_result, tdir, full, result.history, tracking.result_timestamp(tdir))
+    # result.metrics is the result row fit wrote (its one write: the mtime is the final metrics' timestamp)
+    mlflow_log.submit(tracking.log_trial_result, tdir, result.metrics, result.history, tracking.result_timestamp(tdir))
     t0 = time.perf_counter()
     delivered = mlflow_log.close(timeout=FLUSH_TIMEOUT)
     write_timing(tdir, result.timing, timing, mlflow_wait=time.perf_counter() - t0, trial=time.perf_counter() - entered)

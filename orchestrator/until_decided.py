@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.looks import SequentialState, decision_word, differences_in_seed_order, sequential_state
-from orchestrator import results as record
+from orchestrator import sweep_dir as record
 from orchestrator.expand import SweepPlan, seed_order, trial_frame
 
 __all__ = ["UntilDecidedOutcome", "hypothesis_trials", "run_until_decided", "state_of"]

@@ -95,8 +95,11 @@ def test_killed_trial_resumes_to_the_same_metrics(tiny_trial, tmp_path):
 
 def test_trial_directory_contract(tiny_trial, tmp_path):
     cfg = tiny_trial(epochs=1, method={"cost": "permuted"})
-    fit(cfg, tmp_path, progress=False)
+    fit(cfg, tmp_path, progress=False, sweep="s", axes={"method.cost": "permuted"})
     result = json.loads((tmp_path / "result.json").read_text())
+    # the whole result row in its one write (DESIGN "One trial"): head, axes, then the metrics
+    assert list(result)[:5] == ["trial_id", "sweep", "seed", "status", "method.cost"]
+    assert (result["sweep"], result["seed"], result["method.cost"]) == ("s", cfg.seed, "permuted")
     for key in ("trial_id", "seed", "status", "p_mtl", "va_ccc", "va_ccc_v", "va_ccc_a", "expr_f1", "au_f1",
                 "expr_acc", "expr_f1/Anger", "au_f1/AU12", "error_severity", "quadrant_keep",
                 "affect_weighted_acc", "rsa_rho", "epochs", "train_seconds", "images_per_second",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import results as record
+from orchestrator import sweep_dir as record
 from orchestrator import tracking
 from orchestrator.expand import load_sweep
 from tests.test_orchestrator_tracking import SWEEP, finish

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator import results as record
+from orchestrator import sweep_dir as record
 from orchestrator.expand import load_sweep
 from tests.test_cluster_multinode import MlflowServer, RayCluster, affsweep_run, finish, processes_of, sweep_yaml
 

@@ -236,7 +236,7 @@ def test_a_sweep_already_being_run_is_not_started_twice(tmp_path, capsys):
     import os
     import socket
 
-    from orchestrator import results as record
+    from orchestrator import sweep_dir as record
 
     path = write(tmp_path, BASE)
     sweep_dir = load_sweep(path).spec.sweep_dir()

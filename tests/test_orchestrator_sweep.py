@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator import results as record
+from orchestrator import sweep_dir as record
 from orchestrator import tracking
 from orchestrator.driver import run_sweep
 from orchestrator.expand import load_sweep

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator import results as record
+from orchestrator import sweep_dir as record
 from orchestrator import tracking
 from orchestrator.cli import main as cli_main
 from orchestrator.expand import load_sweep
@@ -175,6 +175,20 @@ def test_results_table_rows_columns_and_failures(plan, tmp_path):
         assert "expr_f1/Anger" in saved.columns and saved["data_order_hash"].iloc[2] == "h1"
     assert len(df) == 3
     assert not [p for p in sweep_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_result_row_is_the_plans_sweep_seed_and_axes_then_the_stored_metrics(plan):
+    from trainers.result_row import result_row
+
+    t = plan.trials[1]  # method.cost = circumplex
+    stored = {"p_mtl": 0.4, "trial_id": t.trial_id, "method.cost": "stale", "sweep": "old", "status": "done"}
+    row = record.plan_row(t, "t", "done", stored)
+    assert row == {"trial_id": t.trial_id, "sweep": "t", "seed": t.seed, "status": "done",
+                   "method.cost": "circumplex", "p_mtl": 0.4}
+    assert list(row) == ["trial_id", "sweep", "seed", "status", "method.cost", "p_mtl"]
+    # a trial alone (`affsweep train`): no sweep, no axes
+    assert result_row("abc", 3, "done", {"p_mtl": 0.1}) == {"trial_id": "abc", "sweep": None, "seed": 3,
+                                                            "status": "done", "p_mtl": 0.1}
 
 
 def test_status_counts_per_condition(plan, tmp_path, capsys):

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from analysis.plan import AnalysisPlan
-from orchestrator import results as record
+from orchestrator import sweep_dir as record
 from orchestrator.cli import main as cli
 from orchestrator.expand import load_sweep
 from orchestrator.until_decided import run_until_decided

@@ -43,6 +43,7 @@ from trainers.losses import UncertaintyWeighting
 from trainers.methods import MethodContext, StepState, create_method
 from trainers.metrics import au_f1_per_unit, ccc, confusion_matrix, expr_f1, p_mtl, per_class_f1
 from trainers.models import create_backbone, fixed_input_size, upper_stages
+from trainers.result_row import result_row
 
 CHECKPOINT = "last.pt"
 NAN_CHECK_EVERY = 25  # steps between NaN checks on CUDA (each check waits for the GPU)
@@ -181,10 +182,13 @@ def method_context(cfg: TrialConfig, data: TrialData, device: torch.device) -> M
 
 
 def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Path], None] | None = None,
-        progress: bool = True, resume_from: str | Path | None = None) -> TrialResult:
+        progress: bool = True, resume_from: str | Path | None = None, *, sweep: str | None = None,
+        axes: dict | None = None) -> TrialResult:
     """Train one trial and write its directory (DESIGN "One trial"). ``report(epoch, metrics,
-    checkpoint_dir)`` is called after each epoch's checkpoint (Ray Tune's hook)."""
-    steps = fit_steps(cfg, trial_dir, report, progress, resume_from)
+    checkpoint_dir)`` is called after each epoch's checkpoint (Ray Tune's hook). ``sweep`` and
+    ``axes`` (the trial's grid values) complete its result row: ``result.json`` is written once, whole
+    (``trainers.result_row``)."""
+    steps = fit_steps(cfg, trial_dir, report, progress, resume_from, sweep=sweep, axes=axes)
     while True:
         try:
             next(steps)
@@ -193,7 +197,8 @@ def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Pa
 
 
 def fit_steps(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Path], None] | None = None,
-              progress: bool = True, resume_from: str | Path | None = None):
+              progress: bool = True, resume_from: str | Path | None = None, *, sweep: str | None = None,
+              axes: dict | None = None):
     """``fit`` as a generator that yields after every optimisation step and returns the TrialResult:
     ``trainers.packed`` interleaves the steps of several trials in one process this way."""
     # --- set up ----------------------------------------------------------------------------
@@ -371,7 +376,7 @@ def fit_steps(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, di
                "images_per_second": images_seen / train_seconds if train_seconds > 0 else float("nan"),
                "data_order_hash": world_hash, "sample_order_hash": first_order, "sampling": sampling,
                **method.parameter_counts(model)}
-    result = {"trial_id": cfg.trial_id, "seed": cfg.seed, "status": "done", **metrics}
+    result = result_row(cfg.trial_id, cfg.seed, "done", metrics, sweep=sweep, axes=axes)
     write_json(trial_dir / "result.json", result)
     write_json(trial_dir / "confusion.json", {"class_names": list(cfg.label_space.class_names),
                                               "matrix": final.confusion.tolist()})

@@ -49,15 +49,18 @@ def check_packable(cfgs: Sequence[TrialConfig]) -> None:
 def fit_packed(cfgs: Sequence[TrialConfig], trial_dirs: Sequence[str | Path],
                reports: Sequence[Callable | None] | None = None,
                resume_from: Sequence[str | Path | None] | None = None,
-               streams: bool = True) -> list[TrialResult | BaseException]:
+               streams: bool = True, sweep: str | None = None,
+               axes: Sequence[dict | None] | None = None) -> list[TrialResult | BaseException]:
     """Train ``cfgs`` interleaved step by step; one result (or the exception that ended it) per
-    trial, in order. A trial that fails does not stop the others."""
+    trial, in order. A trial that fails does not stop the others. ``sweep`` and each trial's ``axes``
+    complete its result row, as in ``fit``."""
     check_packable(cfgs)
     k = len(cfgs)
     reports = list(reports) if reports is not None else [None] * k
     resume_from = list(resume_from) if resume_from is not None else [None] * k
-    gens = [fit_steps(c, d, r, progress=False, resume_from=f)
-            for c, d, r, f in zip(cfgs, trial_dirs, reports, resume_from)]
+    axes = list(axes) if axes is not None else [None] * k
+    gens = [fit_steps(c, d, r, progress=False, resume_from=f, sweep=sweep, axes=a)
+            for c, d, r, f, a in zip(cfgs, trial_dirs, reports, resume_from, axes)]
     cuda = streams and torch.cuda.is_available() and torch.device(_device(cfgs[0])).type == "cuda"
     cuda_streams = [torch.cuda.Stream() for _ in range(k)] if cuda else [None] * k
     rng: list[torch.Tensor | None] = [None] * k  # each trial's torch RNG state between its steps

@@ -1,4 +1,5 @@
-"""MLflow tracking of a sweep (DESIGN "Tracking"), through ``MlflowClient`` with explicit run ids.
+"""The sweep's MLflow runs, and every write to them (DESIGN "Tracking"), through ``MlflowClient``
+with explicit run ids.
 
 - one **parent** run per sweep (tags ``affsweep.sweep``, ``affsweep.kind=sweep``,
   ``affsweep.plan_hash``; the YAML as artifact ``sweep.yaml``);
@@ -11,50 +12,24 @@
   ``affsweep.parent_run_id``, not ``mlflow.parentRunId``): the experiment page lists them first,
   beside the sweep's parent run, whose expander holds the trial runs.
 
-The experiment is tagged ``mlflow.experimentKind=custom_model_development`` (MLflow 3's "Model
-training" kind; the value the UI's own kind selector writes), so the UI opens it on its runs table
-rather than on the GenAI traces view.
-
-Runs are found by their tags before any is created, so rerunning a sweep never makes a second run for
-the same trial.
-
-Exactly once under retry. A write whose reply is lost (server killed mid-request, connection dropped)
-may have landed, and it is sent again -- by ``BufferedRunLog``, by the driver's next pass, and by
-MLflow's own client, whose urllib3 ``Retry`` re-sends any method (POST included) after a read error.
-So every write here is idempotent: metrics carry a timestamp fixed before the first attempt (the
-epoch's report time; the mtime of ``result.json`` for final and summary metrics), and MLflow's SQL
-stores drop a metric whose (key, value, step, timestamp) the run already holds (its primary key;
-checked for SQLite behind ``mlflow server``, NaN included, in ``tests/test_faults_lost_reply.py``);
-tags, artifacts (same path) and status are overwrites; a run is created only after a search for its
-tags found none, and a second run that a re-sent ``create_run`` made is deleted right away (the
-earliest is kept: the one every reader picks). Before a retry, per-epoch writes ask the server which
-epochs it already holds, and the final result is skipped when the run already says ``done``.
-
-``tracking.uri: local`` runs ``mlflow server`` on 127.0.0.1 with a SQLite store under
-the sweep directory for the sweep's lifetime (``LocalMlflowServer``): concurrent trials in Ray workers
-write over HTTP to that single writer. Environment variables are never logged.
+The driver's side is ``SweepTracker`` (find or create runs, summaries); the trial's side is the
+write functions (``log_epoch``, ``log_trial_result``, ``mark_trial_failed``), which a Ray worker
+sends through ``orchestrator.tracking.queue`` and the driver calls directly when it backfills.
+Each write is idempotent (the package docstring, ``orchestrator.tracking``, says how).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections import deque
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BufferedRunLog", "EpochLog", "LocalMlflowServer", "SweepTracker", "TRIAL_ARTIFACTS", "flatten_params",
-           "last_logged_epoch", "log_epoch", "logged_epochs", "log_trial_result", "mark_trial_failed", "redact",
-           "refresh_summaries", "result_timestamp"]
+__all__ = ["CONDITION_ID", "EXPERIMENT_KIND", "KIND", "MODEL_TRAINING", "STATUS", "SWEEP", "SweepTracker",
+           "TRIAL_ARTIFACTS", "TRIAL_ID", "flatten_params", "last_logged_epoch", "log_epoch", "log_trial_result",
+           "logged_epochs", "mark_trial_failed", "redact", "refresh_summaries", "result_timestamp",
+           "summary_statistics"]
 
 TRIAL_ARTIFACTS = ("result.json", "confusion.json", "circumplex.json", "history.json")
 KIND, SWEEP, TRIAL_ID, STATUS = "affsweep.kind", "affsweep.sweep", "affsweep.trial_id", "affsweep.status"
@@ -62,98 +37,6 @@ CONDITION_ID = "affsweep.condition_id"
 # MLflow 3 keeps an experiment's kind in this tag; "Model training" opens the runs table
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 _TAG_LIMIT = 5000  # MLflow's limit on a tag value is larger; an error message needs no more
-
-
-# --- the local server -------------------------------------------------------------------------------
-
-class LocalMlflowServer:
-    """``mlflow server`` on 127.0.0.1:<free port> with ``<root>/mlflow.db`` and ``<root>/artifacts``.
-
-    A context manager: the server is stopped on exit, also on Ctrl-C and errors. It runs in its own
-    process group (so a Ctrl-C at the terminal reaches the driver first, which then still logs the
-    sweep's final state before stopping the server) and its log goes to ``<root>/server.log``.
-    """
-
-    def __init__(self, root: str | Path, startup_timeout: float = 240.0):
-        self.root = Path(root).resolve()
-        self.startup_timeout = startup_timeout
-        self.proc: subprocess.Popen | None = None
-        self.port: int | None = None
-
-    @property
-    def store_uri(self) -> str:
-        return f"sqlite:///{self.root / 'mlflow.db'}"
-
-    @property
-    def artifacts(self) -> Path:
-        return self.root / "artifacts"
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ui_command(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.store_uri} --artifacts-destination {self.artifacts}"
-
-    def start(self) -> str:
-        self.root.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):  # a free port can be taken between probing and binding: try another
-            self.port = _free_port()
-            cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.store_uri,
-                   "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1",
-                   "--port", str(self.port), "--workers", "1"]
-            env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-            with open(self.root / "server.log", "ab") as log:
-                self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
-            if self._wait_until_up():
-                return self.uri
-            self.stop()
-        tail = (self.root / "server.log").read_text(errors="replace").strip().splitlines()[-3:]
-        raise RuntimeError(f"the local MLflow server did not start (log {self.root / 'server.log'}: "
-                           f"{' | '.join(tail)})")
-
-    def _wait_until_up(self) -> bool:
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return True
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.25)
-        return False
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)  # the server's own group: the CLI and its uvicorn worker
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-
-    def __enter__(self) -> LocalMlflowServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- the driver's view ------------------------------------------------------------------------------
@@ -310,7 +193,7 @@ class SweepTracker:
 
 def refresh_summaries(plan, sweep_dir: Path, tracker: SweepTracker, only: str | None = None) -> None:
     """Refresh the summary run of every condition (or only the condition labelled ``only``)."""
-    from orchestrator import results as record
+    from orchestrator import sweep_dir as record
 
     existing = tracker.summary_runs()
     for label, trials in plan.conditions().items():
@@ -343,7 +226,7 @@ def summary_statistics(results: list[dict]) -> dict[str, tuple[float, float, int
     return out
 
 
-# --- the trial's view (runs inside the Ray worker) --------------------------------------------------
+# --- the trial's writes (sent from the Ray worker through tracking.queue) ----------------------------
 
 def last_logged_epoch(client, run_id: str) -> int:
     """The last epoch already in the run's history (0 if none)."""
@@ -353,95 +236,6 @@ def last_logged_epoch(client, run_id: str) -> int:
 def logged_epochs(client, run_id: str) -> set[int]:
     """The epochs already in the run's history: a restarted trial logs only the others."""
     return {int(m.step) for m in client.get_metric_history(run_id, "epoch")}
-
-
-class BufferedRunLog:
-    """A trial's MLflow writes, delivered in order by one background thread (runs in the Ray worker).
-
-    Training never waits for the tracking server: ``submit(fn, *args)`` queues ``fn(client, run_id,
-    *args)`` and returns. A write that fails (server down, restarting, unreachable) stays at the head
-    of the queue and is retried every ``retry_every`` seconds, so nothing is lost or reordered while the
-    server is away. ``close(timeout)`` waits until the queue is delivered; what is still queued then
-    is dropped (and reported): the driver backfills a finished trial's history and result from its
-    directory when the run does not say ``done``. Each write must be idempotent (``log_epoch`` is
-    guarded by ``logged_epochs``), since a write whose reply was lost is retried.
-    """
-
-    def __init__(self, client, run_id: str, retry_every: float = 1.0, say=None):
-        self.client, self.run_id, self.retry_every = client, run_id, retry_every
-        self.say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.failed_writes = 0          # attempts that failed and were retried
-        self.last_error: str | None = None
-        self._queue: deque = deque()
-        self._cv = threading.Condition()
-        self._closing = self._cancelled = False
-        self._thread = threading.Thread(target=self._deliver, name=f"mlflow-{run_id[:8]}", daemon=True)
-        self._thread.start()
-
-    def submit(self, fn, *args) -> None:
-        with self._cv:
-            self._queue.append((fn, args))
-            self._cv.notify_all()
-
-    @property
-    def pending(self) -> int:
-        with self._cv:
-            return len(self._queue)
-
-    def _deliver(self) -> None:
-        while True:
-            with self._cv:
-                while not self._queue and not self._closing:
-                    self._cv.wait()
-                if self._cancelled or not self._queue:
-                    return
-                fn, args = self._queue[0]
-            try:
-                fn(self.client, self.run_id, *args)
-            except Exception as e:  # noqa: BLE001 -- any failure: keep the write and retry it
-                if self.failed_writes == 0 or self.last_error != f"{type(e).__name__}: {e}"[:300]:
-                    self.say(f"MLflow write failed ({type(e).__name__}: {str(e)[:200]}); buffering and retrying")
-                self.failed_writes += 1
-                self.last_error = f"{type(e).__name__}: {e}"[:300]
-                with self._cv:
-                    self._cv.wait_for(lambda: self._cancelled, timeout=self.retry_every)
-                continue
-            with self._cv:
-                self._queue.popleft()
-                self._cv.notify_all()
-
-    def close(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for every queued write; True when all were delivered."""
-        with self._cv:
-            self._closing = True
-            self._cv.notify_all()
-            delivered = self._cv.wait_for(lambda: not self._queue, timeout=timeout)
-            if not delivered:
-                self._cancelled = True
-                self._cv.notify_all()
-                self.say(f"MLflow unreachable for {timeout:.0f}s: {len(self._queue)} write(s) of run {self.run_id} "
-                         f"dropped here; the driver backfills them from the trial directory")
-        self._thread.join(timeout=5)
-        return delivered
-
-
-class EpochLog:
-    """``log_epoch`` for a trial's ``BufferedRunLog``: each epoch at most once in the run's history.
-
-    The epochs the run holds are asked from the server before the first write and again after any
-    write that raised (its reply may have been lost after it landed); in between, the answer is
-    trusted. A restarted trial therefore never logs an epoch twice, and a re-sent write (same
-    metrics, same timestamp) is one the store drops."""
-
-    def __init__(self):
-        self.known: set[int] | None = None  # epochs the run holds; None: ask the server
-
-    def __call__(self, client, run_id: str, epoch: int, metrics: dict, timestamp: int) -> None:
-        known = self.known if self.known is not None else logged_epochs(client, run_id)
-        self.known = None  # in doubt until this write is answered
-        if int(epoch) not in known:
-            log_epoch(client, run_id, epoch, metrics, timestamp)
-        self.known = known | {int(epoch)}
 
 
 def log_epoch(client, run_id: str, epoch: int, metrics: dict, timestamp: int | None = None) -> None:
@@ -555,4 +349,3 @@ def _quote(s: str) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-

@@ -17,7 +17,9 @@
 epochs it reported),
 written by the trainable at each attempt's start (``running``) and failure (``error``: Ray may still
 retry) and by the driver when Ray gives up on the trial (``failed``). ``result.json`` with
-``status: done`` is the only proof that a trial finished; such a trial is never run again.
+``status: done`` is the only proof that a trial finished; such a trial is never run again. It is the
+trial's result row (``trainers.result_row``: trial_id, sweep, seed, status, axes, metrics), written
+once and complete by ``fit``; the results table's rows are built by the same function (``plan_row``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from trainers.result_row import result_row
 
 STATUSES = ("done", "running", "failed", "pending")
 PLACEMENT = ("node_id", "hostname")  # results columns: where (which Ray node) a trial ran
@@ -106,19 +110,23 @@ def trial_status(sweep_dir: Path, trial_id: str, driver_running: bool) -> str:
 
 # --- the results table ------------------------------------------------------------------------------
 
+def plan_row(trial, sweep: str, status: str, result: dict | None = None) -> dict:
+    """The result row (``trainers.result_row``) of a planned trial: the plan's sweep, seed and axes
+    with the metrics of its ``result.json`` (none for a failed trial)."""
+    return result_row(trial.trial_id, trial.seed, status, result, sweep=sweep, axes=trial.axes)
+
+
 def result_rows(plan, sweep_dir: Path) -> list[dict]:
-    """One row per done or failed trial of ``plan``: trial_id, sweep, seed, status, axes, metrics."""
+    """One row per done or failed trial of ``plan``: the result row, then where it ran and its error."""
     rows = []
     for t in plan.trials:
         tdir = trial_dir(sweep_dir, t.trial_id)
-        head = {"trial_id": t.trial_id, "sweep": plan.name, "seed": t.seed}
         result, state = read_result(tdir), read_state(tdir)
         where = {k: state.get(k) for k in PLACEMENT}  # the Ray node of the trial's last attempt
         if result is not None:
-            metrics = {k: v for k, v in result.items() if k not in head and k not in t.axes and k != "status"}
-            rows.append({**head, "status": "done", **t.axes, **metrics, **where, "error": None})
+            rows.append({**plan_row(t, plan.name, "done", result), **where, "error": None})
         elif state.get("status") == "failed":
-            rows.append({**head, "status": "failed", **t.axes, **where, "error": state.get("error")})
+            rows.append({**plan_row(t, plan.name, "failed"), **where, "error": state.get("error")})
     return rows
 
 
