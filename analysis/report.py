@@ -219,6 +219,7 @@ table.affsweep{border-collapse:collapse;margin:1.2em 0 .3em;font-size:.86em}
 table.affsweep caption{text-align:left;font-weight:600;padding:.3em 0}
 table.affsweep th,table.affsweep td{border:1px solid #ccc;padding:.25em .55em;text-align:left}
 table.affsweep td{white-space:nowrap}
+table.legend td{white-space:normal;overflow-wrap:anywhere}abbr{text-decoration:underline dotted}
 table.affsweep th{background:#f2f4f7}table.affsweep tr:nth-child(even) td{background:#fafbfc}
 p.note{font-size:.8em;color:#555;margin:.1em 0}.warn{color:#a04000}
 figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#444}
@@ -226,13 +227,37 @@ code{background:#f4f4f4;padding:0 .25em}
 """
 
 
-def _wide(table: Table) -> str:
-    """A table in its own scrolling box, so a wide one never widens the page."""
-    return f"<div class='wide'>{table.to_html()}</div>"
+LABEL_LIMIT = 40  # an HTML cell label longer than this shows as a code (L1, L2 ...) with a legend
+
+
+def _short_labels(tables: Sequence[Table]) -> dict[str, str]:
+    """Long text cells (condition and contrast labels) -> codes, numbered in reading order. Only the
+    HTML report abbreviates; Markdown, CSV and LaTeX keep every label whole."""
+    out: dict[str, str] = {}
+    for t in tables:
+        for row in t.rows:
+            for cell in row:
+                if isinstance(cell, str) and len(cell) > LABEL_LIMIT and cell not in out:
+                    out[cell] = f"L{len(out) + 1}"
+    return out
+
+
+def _wide(table: Table, short: dict[str, str] | None = None) -> str:
+    """A table in its own scrolling box, so a wide one never widens the page; its abbreviated labels
+    (``short``) are spelled out in a legend under it."""
+    used = {c for row in table.rows for c in row if isinstance(c, str)} & set(short or ())
+    legend = ""
+    if used:
+        rows = "".join(f"<tr><td>{short[label]}</td><td>{html.escape(label)}</td></tr>"
+                       for label in sorted(used, key=lambda x: int(short[x][1:])))
+        legend = (f"<table class='affsweep legend'><caption>Labels</caption><thead><tr><th>code</th>"
+                  f"<th>label</th></tr></thead><tbody>{rows}</tbody></table>")
+    return f"<div class='wide'>{table.to_html(short)}{legend}</div>"
 
 
 def _html(analysis: Analysis, tables: Sequence[Table], figures: Sequence[tuple[str, Path]], plan_hash: str) -> str:
     first, middle, last = _split(tables)
+    short = _short_labels([*first, *middle, *last])
 
     def items(lines: Iterable[str], cls: str = "") -> str:
         attr = f" class='{cls}'" if cls else ""
@@ -244,17 +269,17 @@ def _html(analysis: Analysis, tables: Sequence[Table], figures: Sequence[tuple[s
         f"<h1>Analysis of sweep <code>{html.escape(analysis.sweep.name)}</code></h1>",
         f"<h2 id='answers'>Answers</h2><ul id='answer-list'>{items(_answers(analysis))}</ul>",
         "<h2 id='design-check'>Design check</h2>",
-        *[_wide(t) for t in first if t.key == "design"],
-        *[_wide(t) for t in first if t.key == "hypotheses"],
+        *[_wide(t, short) for t in first if t.key == "design"],
+        *[_wide(t, short) for t in first if t.key == "hypotheses"],
         f"<h2>Sweep</h2><ul>{items(_header(analysis, plan_hash))}</ul>",
         f"<p>plan hash: <code id='plan-hash'>{plan_hash}</code></p>",
         f"<h2>Warnings</h2><ul id='warnings'>{items((f'⚠ {w}' for w in analysis.warnings), 'warn')}</ul>",
         "<h2>Study tables</h2><p class='note'>Only the declared hypotheses above are confirmatory; every p-value "
         "below is exploratory.</p>",
-        *[_wide(t) for t in middle],
+        *[_wide(t, short) for t in middle],
         "<h2 id='exploratory'>Exploratory</h2><p class='note'>Exploratory results: p-values are shown for "
         "orientation, not adjusted, and not findings.</p>",
-        *[_wide(t) for t in last],
+        *[_wide(t, short) for t in last],
         "<h2>Figures</h2>",
     ]
     for caption, path in figures:

@@ -175,7 +175,8 @@ class Table:
             lines += [""] + [f"*{note}*  " for note in self.notes]
         return "\n".join(lines) + "\n"
 
-    def to_html(self) -> str:
+    def to_html(self, short: dict[str, str] | None = None) -> str:
+        """``short``: label text -> the code shown instead (the full text in its tooltip and a legend)."""
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
         body = []
         for row, raw in zip(self.cells("html"), self.rows):
@@ -183,6 +184,8 @@ class Table:
             for text, cell in zip(row, raw):
                 strong = isinstance(cell, PValue) and cell.significant
                 inner = f"<strong>{html.escape(text)}</strong>" if strong else html.escape(text)
+                if short and isinstance(cell, str) and text in short:
+                    inner = f"<abbr title='{html.escape(text)}'>{html.escape(short[text])}</abbr>"
                 tds.append(f"<td>{inner}</td>")
             body.append("<tr>" + "".join(tds) + "</tr>")
         notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in self.notes)

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator import mlflow_ui, tracking
 from orchestrator import sweep_dir as record
-from orchestrator import tracking
 from orchestrator.expand import SweepPlan, Trial, format_dry_run, load_sweep
 from orchestrator.preflight import check_sweep
 from orchestrator.spec import ConfigError
@@ -49,6 +49,7 @@ class SweepOutcome:
     interrupted: bool = False
     tracking_uri: str | None = None   # where the MLflow data stays (sqlite:/// for tracking.uri: local)
     ui_command: str | None = None
+    ui_url: str | None = None         # the MLflow UI's runs table with the summary means (orchestrator.mlflow_ui)
     report: Path | None = None
     analysis_error: str | None = None
 
@@ -147,9 +148,13 @@ def run_sweep(plan: SweepPlan, sweep_dir: Path, address: str | None = None, anal
 def _drive(plan: SweepPlan, sweep_dir: Path, tracker, outcome: SweepOutcome, address: str | None,
            analyze: bool, say, verbose: bool = False) -> None:
     parent = tracker.ensure_parent(plan.analysis.plan_hash(), sweep_dir / "sweep.yaml")
+    key = mlflow_ui.save_view(tracker.client, tracker.experiment_id, plan.name, plan.axes)
+    base = outcome.tracking_uri if outcome.tracking_uri.startswith("http") else mlflow_ui.UI_BASE
+    outcome.ui_url = mlflow_ui.landing_url(base, tracker.experiment_id, key)
     record.write_json(sweep_dir / "mlflow.json", {"tracking_uri": outcome.tracking_uri,
                                                   "experiment_id": tracker.experiment_id,
-                                                  "parent_run_id": parent})
+                                                  "parent_run_id": parent, "ui_command": outcome.ui_command,
+                                                  "ui_url": outcome.ui_url})
     runs = tracker.trial_runs()
     pending: list[Trial] = []
     for t in plan.trials:
@@ -362,3 +367,5 @@ def _where(plan: SweepPlan, outcome: SweepOutcome, say) -> None:
         say(f"MLflow:   {outcome.tracking_uri}  (parent run in {d / 'mlflow.json'})")
     if outcome.ui_command:
         say(f"browse:   {outcome.ui_command}")
+    if outcome.ui_url:
+        say(f"open:     {outcome.ui_url}")

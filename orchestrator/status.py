@@ -64,6 +64,11 @@ def format_status(plan: SweepPlan, sweep_dir: Path) -> str:
     for t in failed:
         error = record.read_state(record.trial_dir(sweep_dir, t.trial_id)).get("error") or ""
         lines.append(f"failed: {t.trial_id} ({t.condition}, seed {t.seed}): {error}")
+    ui = record.read_json(sweep_dir / "mlflow.json") or {}
+    if ui.get("ui_command"):
+        lines.append(f"browse:   {ui['ui_command']}")
+    if ui.get("ui_url"):
+        lines.append(f"open:     {ui['ui_url']}")
     if not driver and totals["pending"] + totals["failed"] and sweep_dir.exists():
         lines.append("rerun `affsweep run <the YAML>` to run the pending and failed trials (done ones are skipped)")
     return "\n".join(lines)

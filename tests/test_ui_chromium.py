@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 from test_cluster_multinode import free_ports
 
+from orchestrator.mlflow_ui import landing_url, save_view, view_key
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
 
@@ -82,16 +84,13 @@ def fake_sweep_store(root: Path) -> tuple[str, str]:
             results.append({"trial_id": tid, "p_mtl": base + seed / 100})
         tracker.refresh_summary({"method.cost": cost}, f"method.cost={cost}", cost, results, planned=2)
     tracker.finish_parent("FINISHED")
+    save_view(tracker.client, tracker.experiment_id, "ui-demo", ["method.cost"])  # as the driver does
     return uri, tracker.experiment_id
 
 
 @pytest.mark.slow
 @pytest.mark.ci
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(strict=True, reason=(
-    "seen with MLflow 3.17.2: the experiment page opened on the GenAI 'Overview' tab despite "
-    "mlflow.experimentKind=custom_model_development; the UI's global workflow toggle defaults to GenAI "
-    "(localStorage 'mlflow.workflowType', URL ?workflowType=); landing on the runs table is not solved yet"))
 def test_mlflow_ui_opens_on_the_summary_runs_and_their_means(tmp_path):
     chromium()
     uri, experiment_id = fake_sweep_store(tmp_path)
@@ -114,11 +113,15 @@ def test_mlflow_ui_opens_on_the_summary_runs_and_their_means(tmp_path):
                 pass
             assert time.monotonic() < deadline, (tmp_path / "ui.log").read_text()[-2000:]
             time.sleep(0.5)
-        dom = render(f"http://127.0.0.1:{port}/#/experiments/{experiment_id}", tmp_path, "mlflow")
+        url = landing_url(f"http://127.0.0.1:{port}", experiment_id, view_key("ui-demo"))  # what is printed
+        dom = render(url, tmp_path, "mlflow")
         (tmp_path / "mlflow.html").write_text(dom)
-        # the runs table, without switching the experiment's kind or expanding the parent run
+        # the runs table (not the GenAI overview), without a click: summary runs with their means
+        assert "Model training" in dom and "Runs" in dom, dom[-3000:]
         assert "summary method.cost=circumplex" in dom and "summary method.cost=none" in dom, dom[-3000:]
-        assert "p_mtl/mean" in dom
+        for column in ("metrics.`p_mtl/mean`", "metrics.`p_mtl/std`", "tags.`method.cost`"):
+            assert f'col-id="{column}"' in dom, column  # in the grid's rendered (visible) columns
+        assert ">0.405<" in dom and ">0.305<" in dom  # the two conditions' p_mtl/mean
         assert "method.cost=circumplex seed=0" not in dom  # trial runs stay folded under the sweep's run
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -129,17 +132,11 @@ def test_mlflow_ui_opens_on_the_summary_runs_and_their_means(tmp_path):
             proc.wait()
 
 
-@pytest.mark.slow
-@pytest.mark.ci
-@pytest.mark.timeout(600)
-def test_report_html_has_no_horizontal_overflow_at_1280px(tmp_path):
+def long_label_sweep(tmp_path: Path) -> Path:
     import pandas as pd
     import yaml
     from test_analysis_report import build_sweep
 
-    from analysis.report import run_analysis
-
-    chromium()
     sweep = build_sweep(tmp_path / "hand")
     # long axis values (as real backbones and presets have) make the condition labels and tables wide
     frame = pd.read_parquet(sweep / "results.parquet")
@@ -148,7 +145,37 @@ def test_report_html_has_no_horizontal_overflow_at_1280px(tmp_path):
     spec = yaml.safe_load((sweep / "sweep.yaml").read_text())
     spec["grid"]["dataset.preset"] = ["affwild2_like_balanced_long_preset"]
     (sweep / "sweep.yaml").write_text(yaml.safe_dump(spec))
-    report = run_analysis(sweep)
+    return sweep
+
+
+def test_report_html_abbreviates_long_labels_with_a_legend(tmp_path):
+    import re
+
+    from analysis.report import LABEL_LIMIT, run_analysis
+
+    report = run_analysis(long_label_sweep(tmp_path))
+    page = report.html.read_text()
+    legend = dict(re.findall(r"<tr><td>(L\d+)</td><td>([^<]*)</td></tr>", page))
+    assert legend and all(len(label) > LABEL_LIMIT for label in legend.values()), legend
+    assert sorted(legend, key=lambda c: int(c[1:])) == [f"L{i}" for i in range(1, len(legend) + 1)]
+    for code, label in legend.items():
+        assert f"<abbr title='{label}'>{code}</abbr>" in page  # in the table, with its tooltip
+        assert f"<td>{label}</td>" not in page.replace(f"<td>{code}</td><td>{label}</td>", "")
+    markdown = report.markdown.read_text()
+    import html
+
+    assert all(html.unescape(label) in markdown for label in legend.values())  # Markdown keeps them whole
+    assert not re.search(r"\bL\d+\b", markdown)
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+@pytest.mark.timeout(600)
+def test_report_html_has_no_horizontal_overflow_at_1280px(tmp_path):
+    from analysis.report import run_analysis
+
+    chromium()
+    report = run_analysis(long_label_sweep(tmp_path))
     probe = tmp_path / "probe.html"
     measure = ("<script>const d=document.documentElement;"
                "document.body.setAttribute('data-width', d.scrollWidth + 'x' + d.clientWidth);</script></body>")
@@ -157,6 +184,7 @@ def test_report_html_has_no_horizontal_overflow_at_1280px(tmp_path):
     scroll, client = map(int, dom.split("data-width=\"", 1)[1].split("\"", 1)[0].split("x"))
     assert client == 1280 and scroll <= client, f"report is {scroll} px wide in a {client} px window"
     assert "class=\"wide\"" in dom  # the tables sit in their own scroll box
+    assert "<caption>Labels</caption>" in dom  # long labels abbreviated, with their legend
 
 
 def test_store_is_a_model_training_experiment_with_top_level_summaries(tmp_path):
@@ -171,3 +199,21 @@ def test_store_is_a_model_training_experiment_with_top_level_summaries(tmp_path)
     top = sorted(r.info.run_name for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert top == ["summary method.cost=circumplex", "summary method.cost=none", "ui-demo"]
     assert len(runs) == 7  # + 4 trial runs under the sweep's run
+
+
+def test_landing_url_and_shared_view(tmp_path):
+    """The printed URL opens the Model-training runs table through the sweep's shared view (a tag)."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    uri, experiment_id = fake_sweep_store(tmp_path)
+    assert landing_url("http://127.0.0.1:5000/", experiment_id, "affsweep-ui-demo") == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        "&viewStateShareKey=affsweep-ui-demo")
+    assert view_key("my sweep/1") == "affsweep-my_sweep_1"
+    tags = MlflowClient(uri).get_experiment(experiment_id).tags
+    state = json.loads(tags["mlflow.sharedViewState.affsweep-ui-demo"])
+    assert state["columnOrder"][:3] == ["attributes.`Run Name`", "metrics.`p_mtl/mean`", "metrics.`p_mtl/std`"]
+    assert "tags.`method.cost`" in state["selectedColumns"]
+    assert state["searchFilter"] == "tags.`affsweep.sweep` = 'ui-demo'"
