@@ -50,15 +50,18 @@ resources: {{cpu: 1}}
 failure: {{max_retries: {retries}}}
 tracking: {{uri: {uri}, experiment: {name}}}
 analysis:
-  primary: [{{contrast: [{{method.cost: circumplex}}, {{method.cost: none}}], metric: p_mtl}}]
+  primary: [{{contrast: [{{method.cost: circumplex}}, {{method.cost: none}}], metric: p_mtl{stratum}}}]
   exploratory: [p_mtl]
 storage: {storage}
 """
 
 
 def sweep_yaml(path: Path, *, name: str, uri: str, storage: Path, grid: str, epochs: int = 2,
-               retries: int = 1) -> Path:
-    path.write_text(SWEEP.format(name=name, uri=uri, storage=storage, grid=grid, epochs=epochs, retries=retries))
+               retries: int = 1, stratum: str = "") -> Path:
+    """``stratum``: e.g. ``"{lr: 0.003}"`` when the grid has an axis besides seed and cost."""
+    stratum = f", stratum: {stratum}" if stratum else ""
+    path.write_text(SWEEP.format(name=name, uri=uri, storage=storage, grid=grid, epochs=epochs, retries=retries,
+                                 stratum=stratum))
     return path
 
 

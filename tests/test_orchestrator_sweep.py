@@ -8,6 +8,8 @@ uses) between its steps; the slower CLI test runs ``affsweep run`` as a user doe
 
 from __future__ import annotations
 
+import re
+
 import os
 import signal
 import subprocess
@@ -105,7 +107,8 @@ def test_sweep_retries_fails_resumes_and_never_duplicates(tmp_path, ray_session,
     state = record.read_state(record.trial_dir(sweep_dir, broken))
     assert state["status"] == "failed" and state["attempt"] == 2  # max_retries 1: two attempts
     assert state["error"].startswith(f"InjectedFailure: injected failure of trial {broken} after epoch")
-    assert any(line.startswith(f"trial {broken} FAILED after 2 attempt(s)") for line in said)
+    # the console's non-TTY line is "[<progress>] <message>"
+    assert any(re.search(rf"(^|\] )trial {broken} FAILED after 2 attempt\(s\)", line) for line in said)
 
     table = pd.read_parquet(sweep_dir / "results.parquet")
     assert list(table["trial_id"]) == ids
