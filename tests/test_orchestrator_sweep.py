@@ -8,9 +8,8 @@ uses) between its steps; the slower CLI test runs ``affsweep run`` as a user doe
 
 from __future__ import annotations
 
-import re
-
 import os
+import re
 import signal
 import subprocess
 import sys
