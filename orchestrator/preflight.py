@@ -322,7 +322,7 @@ def _check_import_source(source: str) -> None:
         if preset not in PRESETS:
             raise Problem("method.imported_from", unknown_message(preset, list(PRESETS), what="synthetic preset"))
         return
-    from trainers.losses.ot import load_import_source
+    from trainers.geometry import load_import_source
 
     _expand_path(source, "method.imported_from")
     try:

@@ -11,6 +11,7 @@ from scipy.spatial.distance import cdist
 from scipy.stats import rankdata
 
 from trainers import geometry as g
+from trainers.costs import COST_VARIANTS, build_cost
 from trainers.data.labels import AFFECTNET, AFFWILD2, AU_NAMES, RAFDB
 
 
@@ -237,7 +238,7 @@ def test_imported_cost_through_name_aliases():
         g.imported_cost(src, src_names, ("Joyless", "Calm"))
 
 
-# --- Geometry, cost_for_variant, circumplex_record ------------------------------------------------
+# --- Geometry, build_cost, circumplex_record ------------------------------------------------
 
 def index_frame(rng, label_space, n=1500, with_va=True):
     mu = rng.uniform(-0.8, 0.8, (label_space.num_classes, 2))
@@ -271,7 +272,7 @@ def test_estimate_geometry_and_json_round_trip():
     assert g.estimate_geometry(index_frame(rng, AFFECTNET)[0], AFFECTNET).au_signatures is None
 
 
-def test_cost_for_variant_and_record():
+def test_build_cost_and_record():
     rng = np.random.default_rng(9)
     df, _ = index_frame(rng, AFFWILD2)
     df.loc[df.expr == 7, ["valence", "arousal"]] = np.nan     # "Other" has no joint frame
@@ -279,10 +280,10 @@ def test_cost_for_variant_and_record():
     assert np.isnan(geo.cost[7, :7]).all()
     off = ~np.eye(8, dtype=bool)
     defined = geo.cost[:7, :7][~np.eye(7, dtype=bool)].mean()
-    for variant in g.COST_VARIANTS:
+    for variant in COST_VARIANTS:
         if variant == "imported":
             continue
-        choice = g.cost_for_variant(variant, geo, seed=2)
+        choice = build_cost(variant, geo, seed=2)
         assert choice.variant == variant
         if variant == "none":
             assert choice.matrix is None
@@ -290,7 +291,7 @@ def test_cost_for_variant_and_record():
         assert choice.matrix.shape == (8, 8) and np.isfinite(choice.matrix).all()
         assert (np.diag(choice.matrix) == 0).all() and (choice.matrix[off] > 0).all()
         assert np.allclose(choice.matrix[7, :7], defined) or variant in ("permuted", "gaussian_w2", "va_au")
-    perm = g.cost_for_variant("permuted", geo, seed=2)
+    perm = build_cost("permuted", geo, seed=2)
     np.testing.assert_array_equal(perm.derangement, g.derangement(8, 2))
     record = g.circumplex_record(geo, perm)
     text = json.dumps(record, allow_nan=False)
@@ -299,13 +300,13 @@ def test_cost_for_variant_and_record():
     assert record["centroids"][7] == [None, None]
     np.testing.assert_allclose(record["cost_used"], perm.matrix)
     with pytest.raises(ValueError, match="needs a circumplex"):
-        g.cost_for_variant("uniform", None, seed=0)
+        build_cost("uniform", None, seed=0)
     with pytest.raises(ValueError, match="imported_from"):
-        g.cost_for_variant("imported", geo, seed=0)
-    imported = g.cost_for_variant("circumplex", None, seed=0, imported=geo.cost)
+        build_cost("imported", geo, seed=0)
+    imported = build_cost("circumplex", None, seed=0, imported=geo.cost)
     assert np.isfinite(imported.matrix).all()
     with pytest.raises(ValueError, match="AU"):
-        g.cost_for_variant("va_au", g.estimate_geometry(index_frame(rng, AFFECTNET)[0], AFFECTNET), seed=0)
+        build_cost("va_au", g.estimate_geometry(index_frame(rng, AFFECTNET)[0], AFFECTNET), seed=0)
 
 
 # --- the synthetic world (trainers.data.synthetic) -------------------------------------------------

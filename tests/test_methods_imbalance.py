@@ -1,4 +1,5 @@
-"""Imbalance baselines (METHODS §8): LDAM margins and loss, ASL, logit adjustment, PCGrad surgery."""
+"""The §5.6 baselines (METHODS §8): LDAM margins and loss, ASL, logit adjustment (trainers/methods/ldam_asl.py,
+logit_adjust.py) and PCGrad surgery (pcgrad.py)."""
 
 import numpy as np
 import pandas as pd
@@ -9,14 +10,9 @@ from torch import nn
 
 from trainers.data.labels import LABEL_SPACES
 from trainers.methods import MethodContext, StepState, create_method
-from trainers.methods.imbalance import (
-    CosineHead,
-    asl_loss,
-    ldam_loss,
-    ldam_margins,
-    logit_adjusted_loss,
-    pcgrad_combine,
-)
+from trainers.methods.ldam_asl import CosineHead, asl_loss, ldam_loss, ldam_margins
+from trainers.methods.logit_adjust import logit_adjusted_loss
+from trainers.methods.pcgrad import pcgrad_combine
 
 
 def test_ldam_margins_scale_as_n_to_the_minus_quarter_with_max_half():

@@ -82,8 +82,9 @@ def test_au_pos_weight_is_n_neg_over_n_pos_and_bce_masks_missing_units():
     au[10, 3] = np.nan       # one missing unit
     for k, name in enumerate(AU_NAMES):
         index[name] = au[:, k]
-    cfg = SimpleNamespace(label_space=LABEL_SPACES["affwild2"], seed=0, epochs=1, backbone=SimpleNamespace(name=""))
-    ctx = method_context(cfg, SimpleNamespace(train_index=index), torch.device("cpu"))
+    cfg = SimpleNamespace(label_space=LABEL_SPACES["affwild2"], seed=0, epochs=1, backbone=SimpleNamespace(name=""),
+                          method=SimpleNamespace(name="focal", cost=None, imported_from=None))
+    ctx = method_context(cfg, SimpleNamespace(train_index=index, true_geometry=None), torch.device("cpu"))
     n_pos = np.array([np.sum(au[:, k] == 1) for k in range(12)])
     n_neg = np.array([np.sum(au[:, k] == 0) for k in range(12)])
     np.testing.assert_allclose(ctx.au_pos_weight, n_neg / n_pos)

@@ -165,9 +165,18 @@ def on_device(data: TrialData, cfg: TrialConfig, device: torch.device) -> TrialD
     return dataclasses.replace(data, train_images=train, val_images=val)
 
 
-def method_context(cfg: TrialConfig, data: TrialData, device: torch.device) -> MethodContext:
-    from trainers.geometry import estimate_geometry
+def trial_circumplex(cfg: TrialConfig, data: TrialData):
+    """The trial's ``trainers.circumplex.TrialCircumplex``, resolved once: its own or imported
+    circumplex, the cost it trains with, and the TRUE circumplex it is scored under."""
+    from trainers.circumplex import resolve_circumplex
+    from trainers.methods import METHODS
 
+    m = cfg.method
+    return resolve_circumplex(cfg.label_space, data.train_index, cfg.seed, METHODS[m.name].effective_cost(m.cost),
+                              m.imported_from, distributed=data.true_geometry)
+
+
+def method_context(cfg: TrialConfig, data: TrialData, device: torch.device) -> MethodContext:
     space = cfg.label_space
     expr = data.train_index["expr"].to_numpy()
     counts = np.bincount(expr[expr >= 0], minlength=space.num_classes)
@@ -176,8 +185,9 @@ def method_context(cfg: TrialConfig, data: TrialData, device: torch.device) -> M
         au = data.train_index[list(AU_NAMES)].to_numpy(np.float64)
         pos, neg = np.nansum(au == 1, 0), np.nansum(au == 0, 0)
         pos_weight = neg / np.maximum(pos, 1)
+    circumplex = trial_circumplex(cfg, data)
     return MethodContext(label_space=space, train_index=data.train_index, class_counts=counts,
-                         au_pos_weight=pos_weight, geometry=estimate_geometry(data.train_index, space),
+                         au_pos_weight=pos_weight, geometry=circumplex.geometry, circumplex=circumplex,
                          seed=cfg.seed, device=device, epochs=cfg.epochs, backbone_name=cfg.backbone.name)
 
 
@@ -380,7 +390,7 @@ def fit_steps(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, di
     write_json(trial_dir / "result.json", result)
     write_json(trial_dir / "confusion.json", {"class_names": list(cfg.label_space.class_names),
                                               "matrix": final.confusion.tolist()})
-    write_json(trial_dir / "circumplex.json", circumplex_record(ctx, method, data.true_geometry))
+    write_json(trial_dir / "circumplex.json", circumplex_record(ctx, method))
     write_json(trial_dir / "history.json", history)
     timing.add("final", time.perf_counter() - t_final)
     timing.add("fit", time.perf_counter() - t_fit - timing.get("timing/paused_s", 0.0))
@@ -509,7 +519,7 @@ def evaluate(model, method, data: TrialData, cfg: TrialConfig, backbone, device,
     else:
         metrics["au_f1"] = float("nan")
     metrics["p_mtl"] = p_mtl(metrics["va_ccc"], metrics["expr_f1"], metrics["au_f1"])
-    true_geometry = true_circumplex(ctx, method, cfg.method.imported_from, data.true_geometry)
+    true_geometry = ctx.circumplex.truth
     nan = float("nan")
     if true_geometry is not None and em.any():
         cost, centroids = np.asarray(true_geometry["cost"]), np.asarray(true_geometry["centroids"])
@@ -527,42 +537,19 @@ def evaluate(model, method, data: TrialData, cfg: TrialConfig, backbone, device,
     if em.any():  # and under the cost's own source, when it is not the circumplex (trainers.costs)
         from trainers.costs import source_error_metrics
 
-        metrics.update(source_error_metrics(confusion, getattr(getattr(method, "ot", None), "choice", None)))
+        metrics.update(source_error_metrics(confusion, ctx.circumplex.choice))
     return Evaluation(metrics={k: float(v) for k, v in metrics.items()}, confusion=confusion)
 
 
-def true_circumplex(ctx: MethodContext, method, imported_from: str | None = None,
-                    distributed_geometry=None) -> dict | None:
-    """The dataset's own circumplex (METHODS §6: always the TRUE one, whatever cost trained), from
-    the labels as distributed (``distributed_geometry`` when label noise was injected, METHODS §9);
-    for a dataset without VA (RAF-DB) the imported geometry stands in when the trial names one —
-    also for its ``cost: none`` condition, so every condition of the sweep is scored alike."""
-    truth = distributed_geometry if distributed_geometry is not None else ctx.geometry
-    if truth is not None:
-        return {"cost": truth.cost, "centroids": truth.centroids}
-    term = getattr(method, "ot", None)
-    source = getattr(term, "source_geometry", None) if term is not None else None
-    if source is not None:
-        return {"cost": source["cost"], "centroids": source["centroids"]}
-    if imported_from:
-        from trainers.geometry import import_geometry
-        from trainers.losses.ot import load_import_source
-
-        g = import_geometry(load_import_source(imported_from), ctx.label_space.class_names)
-        return {"cost": g.finite_cost, "centroids": g.centroids}
-    return None
-
-
-def circumplex_record(ctx: MethodContext, method, true_geometry=None) -> dict:
+def circumplex_record(ctx: MethodContext, method) -> dict:
+    """The trial's ``circumplex.json`` (``trainers.geometry.circumplex_record``) from its resolved circumplex."""
     from trainers.geometry import circumplex_record as record
 
-    if ctx.geometry is None and getattr(method, "ot", None) is None:
+    circ = ctx.circumplex
+    if circ.geometry is None and method.ot is None:
         return {"class_names": list(ctx.label_space.class_names), "cost_variant": method.cost_variant,
                 "centroids": None, "true_cost": None, "cost_used": None, "derangement": None}
-    from trainers.geometry import cost_for_variant
-
-    choice = method.ot.choice if method.ot is not None else cost_for_variant("none", ctx.geometry, ctx.seed)
-    return record(ctx.geometry, choice, true_geometry=true_geometry)
+    return record(circ.geometry, circ.choice, true_geometry=circ.distributed)
 
 
 def write_json(path: Path, obj) -> None:

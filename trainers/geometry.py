@@ -10,30 +10,33 @@ Everything here is numpy on label arrays; ``trainers.losses.ot`` turns a chosen 
 - ``bootstrap_geometry``: radial standard errors and pairwise-distance CIs (METHODS §4).
 - ``representational_similarity``: Spearman rho of prototype cosine distances vs C (METHODS §7).
 - ``Geometry`` / ``estimate_geometry``: everything above for one training split, JSON round-trip;
-  ``cost_for_variant`` picks the matrix a trial trains with, ``circumplex_record`` is its
-  ``circumplex.json``.
+  ``import_geometry`` carries one into another label order, ``load_import_source`` reads the source
+  of ``method.imported_from``; ``builtin_source_cost`` is a built-in cost source (chosen by
+  ``trainers.costs.build_cost``, resolved once per trial by ``trainers.circumplex``),
+  ``circumplex_record`` is a trial's ``circumplex.json``.
 
 A class without any jointly labelled frame has a NaN centroid and NaN cost entries in ``Geometry``
-(the estimate is undefined); ``cost_for_variant`` fills such entries with the off-diagonal mean of the
+(the estimate is undefined); the training cost fills such entries with the off-diagonal mean of the
 defined ones (no geometric information about that class), so the training cost is always finite.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from analysis.errors import class_isolation  # one owner (numpy only); re-exported for the trainer
-from trainers.costs import COST_VARIANTS
 from trainers.data.labels import AU_NAMES
 
 __all__ = [
-    "COST_VARIANTS",
     "BootstrapResult",
     "CostChoice",
     "Geometry",
@@ -46,7 +49,6 @@ __all__ = [
     "circumplex_record",
     "class_covariances",
     "class_isolation",
-    "cost_for_variant",
     "cost_matrix",
     "derangement",
     "estimate_centroids",
@@ -55,6 +57,7 @@ __all__ = [
     "geometry_from_arrays",
     "geometry_from_record",
     "import_geometry",
+    "load_import_source",
     "imported_cost",
     "permuted_cost",
     "representational_similarity",
@@ -460,7 +463,7 @@ class Geometry:
     @property
     def finite_cost(self) -> np.ndarray:
         """``cost`` with the entries of classes without a centroid filled by the mean of the defined
-        off-diagonal entries (what ``cost_for_variant`` trains with and error metrics can score with)."""
+        off-diagonal entries (what a trial trains with and error metrics can score with)."""
         return _fill_undefined(self.cost)
 
     @property
@@ -644,6 +647,55 @@ def import_geometry(source: Geometry, target_class_names) -> Geometry:
     )
 
 
+# --- the source of an imported geometry (method.imported_from) ------------------------------------
+
+def _preset_label_space(preset: str):
+    from trainers.data.labels import LABEL_SPACES
+
+    # same rule as TrialConfig.label_space
+    return LABEL_SPACES["affectnet" if preset == "affectnet_like" else "affwild2"]
+
+
+@functools.lru_cache(maxsize=8)
+def _synthetic_geometry(preset: str) -> Geometry:
+    # (not ``from trainers.data import synthetic``: once the submodule is imported, that name is the module)
+    from trainers.data.synthetic import PRESETS, synthetic
+
+    if preset not in PRESETS:
+        raise ValueError(f"method.imported_from: unknown synthetic preset {preset!r} "
+                         f"(choose from {', '.join(sorted(PRESETS))})")
+    # labels do not depend on the image size (trainers.data.synthetic), so draw the smallest images
+    frames = synthetic(preset, n=6000, seed=0, image_size=8)
+    geometry = estimate_geometry(frames, _preset_label_space(preset), seed=0)
+    if geometry is None:
+        raise ValueError(f"synthetic preset {preset!r} has no frame with both EXPR and VA to import from")
+    return geometry
+
+
+def load_import_source(imported_from: str) -> Geometry:
+    """The source geometry of ``cost: imported`` in its own class order.
+
+    ``"synthetic:<preset>"``: estimated on ``synthetic(<preset>, n=6000, seed=0)``. Otherwise a path to
+    a trial's ``circumplex.json`` (``class_names``, ``centroids``, ``true_cost``) or to a
+    ``Geometry.to_json()`` file.
+    """
+    if imported_from.startswith("synthetic:"):
+        return _synthetic_geometry(imported_from.split(":", 1)[1])
+    path = Path(os.path.expandvars(imported_from)).expanduser()
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"method.imported_from: cannot read {path} ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"method.imported_from: {path} is not valid JSON ({e})") from None
+    try:
+        if "cost" in data and "covariances" in data:
+            return Geometry.from_json(data)
+        return geometry_from_record(data)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"method.imported_from: {path}: {e}") from None
+
+
 # --- the cost a trial trains with ------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
@@ -656,7 +708,8 @@ class CostChoice:
     circumplex — the TRUE cost that error-structure metrics are scored under (§6).
     ``centroids``: (K, 2) centroids for ``instance`` rows (None without own VA geometry).
     ``source``: the geometry the cost came from in this label order (the dataset's own, or the imported
-    one); ``build_ot_term`` sets it so that ``circumplex_record`` can describe an imported circumplex.
+    one); ``trainers.circumplex.resolve_circumplex`` sets it so that ``circumplex_record`` can
+    describe an imported circumplex.
     ``cost_source`` / ``control`` / ``source_cost`` / ``source_centroids`` / ``source_meta``: the
     source's name, the control, the source's own matrix (before the control) and centroids, and where
     it came from (a file's path and sha256, a function's name). ``per_frame``: instance rows.
@@ -724,22 +777,6 @@ def builtin_source_cost(source: str, geometry: Geometry | None, imported: np.nda
     raise ValueError(f"unknown built-in cost source {source!r}")
 
 
-def cost_for_variant(variant, geometry: Geometry | None, seed: int,
-                     imported: np.ndarray | None = None, **context) -> CostChoice:
-    """Build the cost a trial trains with (METHODS §5): ``trainers.costs.build_cost``.
-
-    ``variant``: a ``method.cost`` value — a shorthand (``circumplex``, ``permuted``, ``uniform``,
-    ``instance``, ``gaussian_w2``, ``va_au``, ``imported``, ``none``) or ``{source, control}``.
-    ``geometry``: the training split's circumplex (None for a dataset without VA). ``seed``: the
-    TRIAL seed — ``permuted`` draws its derangement from it, so each seed has an independent one.
-    ``imported``: see ``builtin_source_cost``. ``context``: ``label_space`` / ``train_index`` for file
-    and function sources. Raises ValueError when a cost cannot be built from what is available.
-    """
-    from trainers.costs import build_cost
-
-    return build_cost(variant, geometry, seed, imported, **context)
-
-
 def circumplex_record(geometry: Geometry | None, choice: CostChoice,
                       true_geometry: Geometry | None = None) -> dict[str, Any]:
     """The content of a trial's ``circumplex.json`` (strict-JSON lists; NaN written as null).
@@ -747,7 +784,7 @@ def circumplex_record(geometry: Geometry | None, choice: CostChoice,
     ``true_geometry``: the geometry whose cost is the TRUE circumplex for error-structure scoring when
     it is not ``geometry`` (e.g. the imported geometry on RAF-DB); defaults to ``geometry``. The
     descriptive fields come from the first of ``geometry``, ``true_geometry``, ``choice.source`` that
-    is given. ``true_cost`` is finite: undefined entries are filled as in ``cost_for_variant``.
+    is given. ``true_cost`` is finite: undefined entries are filled as in the training cost.
     """
     desc = next((x for x in (geometry, true_geometry, choice.source) if x is not None), None)
     truth = next((x for x in (true_geometry, geometry, choice.source) if x is not None), None)

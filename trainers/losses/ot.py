@@ -3,34 +3,20 @@
 ``ot_loss`` is the linear Wasserstein case: the target is a point mass at the true class, so the
 transport plan is trivial and ``L_OT = sum_k p_k C_{k,y}`` (Eq. 4; no Sinkhorn). ``OTTerm`` is what a
 ``Method`` adds to its EXPR loss: ``lam * L_OT + consistency * L_cons`` on the right frames, with the
-cost chosen by ``trainers.geometry.cost_for_variant``.
+cost the trial's ``trainers.circumplex.TrialCircumplex`` chose.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainers.geometry import (
-    CostChoice,
-    Geometry,
-    circumplex_record,
-    cost_for_variant,
-    estimate_geometry,
-    geometry_from_record,
-    import_geometry,
-)
+from trainers.geometry import CostChoice, Geometry, circumplex_record
 
-__all__ = ["OTTerm", "build_ot_term", "consistency_loss", "instance_cost_rows", "load_import_source",
-           "ot_loss"]
+__all__ = ["OTTerm", "build_ot_term", "consistency_loss", "instance_cost_rows", "ot_loss"]
 
 
 def ot_loss(logits: torch.Tensor, target: torch.Tensor, cost: torch.Tensor, *,
@@ -155,85 +141,24 @@ class OTTerm:
         return total
 
 
-# --- imported geometry ------------------------------------------------------------------------------
-
-def _preset_label_space(preset: str):
-    from trainers.data.labels import LABEL_SPACES
-
-    # same rule as TrialConfig.label_space
-    return LABEL_SPACES["affectnet" if preset == "affectnet_like" else "affwild2"]
-
-
-@functools.lru_cache(maxsize=8)
-def _synthetic_geometry(preset: str) -> Geometry:
-    # (not ``from trainers.data import synthetic``: once the submodule is imported, that name is the module)
-    from trainers.data.synthetic import PRESETS, synthetic
-
-    if preset not in PRESETS:
-        raise ValueError(f"method.imported_from: unknown synthetic preset {preset!r} "
-                         f"(choose from {', '.join(sorted(PRESETS))})")
-    # labels do not depend on the image size (trainers.data.synthetic), so draw the smallest images
-    frames = synthetic(preset, n=6000, seed=0, image_size=8)
-    geometry = estimate_geometry(frames, _preset_label_space(preset), seed=0)
-    if geometry is None:
-        raise ValueError(f"synthetic preset {preset!r} has no frame with both EXPR and VA to import from")
-    return geometry
-
-
-def load_import_source(imported_from: str) -> Geometry:
-    """The source geometry of ``cost: imported`` in its own class order.
-
-    ``"synthetic:<preset>"``: estimated on ``synthetic(<preset>, n=6000, seed=0)``. Otherwise a path to
-    a trial's ``circumplex.json`` (``class_names``, ``centroids``, ``true_cost``) or to a
-    ``Geometry.to_json()`` file.
-    """
-    if imported_from.startswith("synthetic:"):
-        return _synthetic_geometry(imported_from.split(":", 1)[1])
-    path = Path(os.path.expandvars(imported_from)).expanduser()
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise ValueError(f"method.imported_from: cannot read {path} ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"method.imported_from: {path} is not valid JSON ({e})") from None
-    try:
-        if "cost" in data and "covariances" in data:
-            return Geometry.from_json(data)
-        return geometry_from_record(data)
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"method.imported_from: {path}: {e}") from None
-
-
 def build_ot_term(ctx, cost, lam: float = 1.0, consistency: float = 0.0,
                   imported_from: str | None = None) -> OTTerm:
     """The OT/consistency term of a trial, as ``Method.__init__`` builds it.
 
-    ``ctx`` is a ``MethodContext``: its ``geometry`` (estimated here from ``train_index`` when None
-    and the label space has VA), ``label_space`` and the trial ``seed`` (which draws the ``permuted``
-    derangement). ``imported_from`` supplies the ``imported`` cost, and the circumplex of every other
-    class-level variant when the dataset has none of its own (RAF-DB). ``cost``: a ``method.cost``
+    ``ctx`` is a ``MethodContext``. Its ``circumplex`` (the ``trainers.circumplex.TrialCircumplex`` the
+    engine resolved once for this trial) supplies the cost and the circumplex of record; a context
+    without one (a unit test, a benchmark) has it resolved here from its ``label_space``,
+    ``train_index``, ``geometry`` and ``seed``, with ``imported_from``. ``cost``: a ``method.cost``
     value, a shorthand or a source and a control (``trainers.costs``).
     """
-    from trainers.costs import parse_cost
+    from trainers.circumplex import resolve_circumplex
 
-    spec = parse_cost(cost, what="cost variant")
-    imports = spec is not None and spec.source == "imported"
-    label_space = ctx.label_space
-    geometry = ctx.geometry
-    if geometry is None and getattr(label_space, "has_va", False) and ctx.train_index is not None:
-        geometry = estimate_geometry(ctx.train_index, label_space, seed=0)
-    imported_geometry = None
-    if imported_from is not None and (imports or geometry is None):
-        source = load_import_source(imported_from)
-        imported_geometry = import_geometry(source, label_space.class_names)
-    elif imports:
-        raise ValueError("cost 'imported' needs method.imported_from (e.g. 'synthetic:affectnet_like' or a "
-                         "circumplex.json path)")
-    choice = cost_for_variant(cost, geometry, ctx.seed,
-                              imported=None if imported_geometry is None else imported_geometry.cost,
-                              label_space=label_space, train_index=ctx.train_index)
-    # the circumplex of record (and of the consistency term): the dataset's own, else the imported one
-    circumplex = geometry if geometry is not None else imported_geometry
-    choice = dataclasses.replace(choice, source=circumplex)
-    centroids = None if circumplex is None else circumplex.centroids
-    return OTTerm(choice, lam=lam, consistency=consistency, centroids=centroids, geometry=circumplex)
+    circ = getattr(ctx, "circumplex", None)
+    if circ is None:
+        circ = resolve_circumplex(ctx.label_space, ctx.train_index, ctx.seed, cost, imported_from,
+                                  geometry=ctx.geometry)
+    elif circ.cost != cost:
+        raise ValueError(f"the trial's circumplex was resolved for cost {circ.cost!r}, not {cost!r}")
+    record = circ.of_record
+    return OTTerm(circ.choice, lam=lam, consistency=consistency,
+                  centroids=None if record is None else record.centroids, geometry=record)

@@ -92,6 +92,7 @@ class MethodContext:
     class_counts: np.ndarray             # (K,) EXPR counts on the training split
     au_pos_weight: np.ndarray | None     # (12,) N_neg/N_pos, None without AU labels
     geometry: Any = None                 # trainers.geometry.Geometry of the training split, or None
+    circumplex: Any = None               # trainers.circumplex.TrialCircumplex, resolved once by the engine
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     epochs: int = 1
@@ -136,7 +137,7 @@ class Method:
         self.ctx = ctx
         self.options = self.Options.model_validate(options).model_dump()  # MethodConfig checked them
         self.modules = nn.ModuleDict()
-        cost = cost or self.default_cost
+        cost = self.effective_cost(cost)
         self.cost_variant = cost
         self.lam = lam
         self.consistency = consistency
@@ -146,6 +147,11 @@ class Method:
 
             self.ot = build_ot_term(ctx, cost=cost, lam=lam, consistency=consistency,
                                     imported_from=imported_from)
+
+    @classmethod
+    def effective_cost(cls, cost):
+        """The ``method.cost`` this method trains with: the configured one, else its ``default_cost``."""
+        return cost or cls.default_cost
 
     # --- model -------------------------------------------------------------------------------
     def build_model(self, encoder: nn.Module, feat_dim: int) -> nn.Module:
