@@ -82,7 +82,7 @@ def main(args) -> int:
         if until_decided:
             from orchestrator.until_decided import run_until_decided
 
-            return run_until_decided(plan, sweep_dir, address=args.address,
+            return run_until_decided(plan, sweep_dir, run_sweep, address=args.address,
                                      verbose=getattr(args, "verbose", False)).exit_code
         outcome = run_sweep(plan, sweep_dir, address=args.address, verbose=getattr(args, "verbose", False))
     except SweepBusy as e:

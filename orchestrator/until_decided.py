@@ -74,13 +74,11 @@ def _done_ids(plan: SweepPlan, sweep_dir: Path) -> set[str]:
     return {t.trial_id for t in plan.trials if record.read_result(record.trial_dir(sweep_dir, t.trial_id))}
 
 
-def run_until_decided(plan: SweepPlan, sweep_dir: Path, run: Callable | None = None,
+def run_until_decided(plan: SweepPlan, sweep_dir: Path, run: Callable,
                       say: Callable[[str], None] = print, **run_kwargs) -> UntilDecidedOutcome:
     """Run ``plan`` look by look (see the module docstring). ``run(plan, sweep_dir, say=..., **run_kwargs)``
-    runs one filtered plan and returns an outcome with ``exit_code`` (default:
-    :func:`orchestrator.driver.run_sweep`; tests inject a fake)."""
-    if run is None:
-        from orchestrator.driver import run_sweep as run
+    runs one filtered plan and returns an outcome with ``exit_code``: the driver passes its
+    :func:`orchestrator.driver.run_sweep` (so this module does not import the driver); tests a fake."""
     a = plan.analysis
     if a.looks is None:
         raise ValueError(f"{plan.source.path}: --until-decided needs analysis.looks")

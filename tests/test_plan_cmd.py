@@ -264,6 +264,7 @@ def test_until_decided_end_to_end(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from orchestrator import tracking
+    from orchestrator.driver import run_sweep
 
     monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -274,7 +275,7 @@ def test_until_decided_end_to_end(tmp_path, monkeypatch):
             plan = load_sweep(path)
             sweep_dir = plan.spec.sweep_dir()
             said: list[str] = []
-            outcome = run_until_decided(plan, sweep_dir, say=said.append)
+            outcome = run_until_decided(plan, sweep_dir, run_sweep, say=said.append)
             assert outcome.exit_code == 0 and outcome.looks_run == [1, 2], said
             assert outcome.trials_per_look == [4, 6]
             table = pd.read_parquet(sweep_dir / "results.parquet")
