@@ -76,7 +76,6 @@ def train_pack(config: dict, tracking_uri: str) -> None:
     from ray import tune
 
     from orchestrator.trainable import FLUSH_TIMEOUT
-    from trainers.engine import NonFiniteLossError
     from trainers.packed import fit_packed
 
     if Path(config.get("cwd", "")).is_dir():
@@ -86,13 +85,12 @@ def train_pack(config: dict, tracking_uri: str) -> None:
     todo = [m for m in members if record.read_result(m.tdir) is None]  # finished members are skipped
     done = [len(members) - len(todo)]  # members with result.json: reported to Tune as pack/done
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    for m in todo:
-        m.start(tracking_uri, time.perf_counter() - entered, len(members))
     runnable = []
     for m in todo:
         if m.previous.get("nonfinite_in") == ray_trial:  # Ray retries the pack: that NaN would come back
-            m.end(NonFiniteLossError(f"{m.previous.get('error')} (deterministic: not retried)"))
+            m.ended, m.error = True, f"{m.previous.get('error')} (deterministic: not retried)"
         else:
+            m.start(tracking_uri, time.perf_counter() - entered, len(members))
             runnable.append(m)
 
     def report(m: _Member):
