@@ -12,8 +12,15 @@ from orchestrator import tracking
 
 
 def trial_name(trial) -> str:
-    """Trials appear in Tune's table and directories under their content-addressed id."""
-    return trial.config["trial"]["trial_id"]
+    """Trials appear in Tune's table and directories under their content-addressed id (a pack under
+    its own id, ``pack-<hash of its members' ids>``)."""
+    config = trial.config
+    return config["pack"]["pack_id"] if "pack" in config else config["trial"]["trial_id"]
+
+
+def members(config: dict) -> list[dict]:
+    """The trial params a Ray trial trains: its one trial, or the members of a pack."""
+    return config["pack"]["members"] if "pack" in config else [config["trial"]]
 
 
 class SweepCallback(tune.Callback):
@@ -26,31 +33,39 @@ class SweepCallback(tune.Callback):
         self.by_id = {t.trial_id: t for t in plan.trials}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        t = self.by_id[trial_name(trial)]
-        result = record.read_result(record.trial_dir(self.sweep_dir, t.trial_id)) or {}
-        shown = "  ".join(f"{k} {result[k]:.3f}" for k in ("p_mtl", "expr_f1", "error_severity")
-                          if isinstance(result.get(k), float))
-        self.say(f"trial {t.trial_id} done ({t.condition}, seed {t.seed}): {shown}")
+        done = [self.by_id[m["trial_id"]] for m in members(trial.config)]
+        for t in done:
+            result = record.read_result(record.trial_dir(self.sweep_dir, t.trial_id)) or {}
+            shown = "  ".join(f"{k} {result[k]:.3f}" for k in ("p_mtl", "expr_f1", "error_severity")
+                              if isinstance(result.get(k), float))
+            self.say(f"trial {t.trial_id} done ({t.condition}, seed {t.seed}): {shown}")
         record.write_results(self.plan, self.sweep_dir)
-        self._safely(lambda: tracking.refresh_summaries(self.plan, self.sweep_dir, self.tracker, only=t.condition))
+        for condition in dict.fromkeys(t.condition for t in done):
+            self._safely(lambda c=condition: tracking.refresh_summaries(self.plan, self.sweep_dir, self.tracker,
+                                                                        only=c))
         _drop_ray_checkpoint(trial)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         _drop_ray_checkpoint(trial, keep=getattr(checkpoint, "path", None))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        tid = trial_name(trial)
-        error = record.read_state(record.trial_dir(self.sweep_dir, tid)).get("error") or "worker lost"
-        self.say(f"trial {tid} failed ({error}); Ray retries it from its last checkpoint")
+        for m in self._unfinished(trial):
+            tid = m["trial_id"]
+            error = record.read_state(record.trial_dir(self.sweep_dir, tid)).get("error") or "worker lost"
+            self.say(f"trial {tid} failed ({error}); Ray retries it from its last checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        tid = trial_name(trial)
-        error = trial_error(self.sweep_dir, tid, trial)
-        record.update_state(record.trial_dir(self.sweep_dir, tid), status="failed", error=error)
+        for m in self._unfinished(trial):  # a pack's finished members stay done
+            tid, run_id = m["trial_id"], m["run_id"]
+            error = trial_error(self.sweep_dir, tid, trial)
+            record.update_state(record.trial_dir(self.sweep_dir, tid), status="failed", error=error)
+            self._safely(lambda r=run_id, e=error: tracking.mark_trial_failed(self.tracker.client, r, e, final=True))
+            self.say(f"trial {tid} FAILED after {trial.num_failures} attempt(s): {error}")
         record.write_results(self.plan, self.sweep_dir)
-        run_id = trial.config["trial"]["run_id"]
-        self._safely(lambda: tracking.mark_trial_failed(self.tracker.client, run_id, error, final=True))
-        self.say(f"trial {tid} FAILED after {trial.num_failures} attempt(s): {error}")
+
+    def _unfinished(self, trial) -> list[dict]:
+        return [m for m in members(trial.config)
+                if record.read_result(record.trial_dir(self.sweep_dir, m["trial_id"])) is None]
 
     def _safely(self, fn) -> None:
         # MLflow being briefly unreachable must not abort the sweep; the driver reconciles at the end

@@ -23,6 +23,21 @@ def _clock(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
+def _member_counts(trial, status: str) -> dict[str, int]:
+    """What a Ray trial counts for, in trials: 1, or a pack's members (``pack/done`` of them finished,
+    as its last report says; a pack ends TERMINATED only when all its members are done)."""
+    config = getattr(trial, "config", None) or {}
+    k = len(config["pack"]["members"]) if "pack" in config else 1
+    if status == "TERMINATED":
+        return {"done": k}
+    if status in ("PENDING", "PAUSED"):
+        return {"pending": k}
+    if status not in ("RUNNING", "ERROR"):
+        return {}
+    done = min(int((getattr(trial, "last_result", None) or {}).get("pack/done", 0)), k) if "pack" in config else 0
+    return {"done": done, ("failed" if status == "ERROR" else "running"): k - done}
+
+
 class LiveView(tune.Callback):
     """A Tune callback that owns the console while the trials run; ``say`` prints a message."""
 
@@ -85,10 +100,10 @@ class LiveView(tune.Callback):
     def update(self, trials, ended=None, as_status: str = "") -> None:
         """Counts from Tune's trial list; ``ended`` (a trial a hook is announcing) counts as ``as_status``
         even if Tune has not set its status yet."""
-        status = [as_status if t is ended else t.status for t in trials]
-        self.counts = {"done": status.count("TERMINATED"), "failed": status.count("ERROR"),
-                       "running": status.count("RUNNING"),
-                       "pending": sum(s in ("PENDING", "PAUSED") for s in status)}
+        self.counts = {"done": 0, "running": 0, "failed": 0, "pending": 0}
+        for t in trials:
+            for what, n in _member_counts(t, as_status if t is ended else t.status).items():
+                self.counts[what] += n
         self.retries = sum(getattr(t, "num_failures", 0) for t in trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -216,7 +216,7 @@ def _run_tune(plan: SweepPlan, sweep_dir: Path, pending: list[Trial], run_ids: d
     import ray
     from ray import tune
 
-    from orchestrator.callbacks import SweepCallback, trial_name
+    from orchestrator.callbacks import SweepCallback, members, trial_name
     from orchestrator.console import LiveView
     from orchestrator.trainable import train_trial
 
@@ -237,19 +237,29 @@ def _run_tune(plan: SweepPlan, sweep_dir: Path, pending: list[Trial], run_ids: d
             say("warning: tracking.uri is local (127.0.0.1 on this machine) but the Ray cluster has several "
                 "nodes; trials on other nodes cannot reach it: set tracking.uri to a shared MLflow server")
         spec, failures = plan.spec, injected_failures()
-        trainable = tune.with_resources(tune.with_parameters(train_trial, tracking_uri=uri),
+        params = [_trial_param(t, sweep_dir, run_ids[t.trial_id], failures) for t in pending]
+        fn, space, columns = train_trial, {"trial": tune.grid_search(params)}, ("trial/condition", "trial/seed")
+        if spec.pack is not None:  # one Ray trial per pack, with one trial's resources (one process)
+            from orchestrator.packed_trainable import pack_param, pack_trials, train_pack
+
+            by_id = dict(zip((t.trial_id for t in pending), params))
+            packs = [pack_param(p, [by_id[t.trial_id] for t in p], spec.pack.by)
+                     for p in pack_trials(pending, spec.pack, plan.axes)]
+            fn, space, columns = train_pack, {"pack": tune.grid_search(packs)}, ("pack/condition", "pack/seeds")
+            say(f"packed: {len(pending)} trials in {len(packs)} Ray trials of up to {spec.pack.size} "
+                f"(differing in {', '.join(spec.pack.by)})")
+        trainable = tune.with_resources(tune.with_parameters(fn, tracking_uri=uri),
                                         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
         view = None if verbose else LiveView(plan.name, len(plan.trials), skipped, say=say)
         callbacks = [SweepCallback(plan, sweep_dir, tracker, say if view is None else view.say)]
         reporter = tune.CLIReporter(
-            parameter_columns={"trial/condition": "condition", "trial/seed": "seed"},
+            parameter_columns=dict(zip(columns, ("condition", "seed"))),
             metric_columns={"epoch": "epoch", "p_mtl": "P_MTL", "expr_f1": "EXPR F1", "va_ccc": "VA CCC"},
             max_column_length=40, max_report_frequency=30)
         tuner = tune.Tuner(
             trainable,
             param_space={
-                "trial": tune.grid_search([_trial_param(t, sweep_dir, run_ids[t.trial_id], failures)
-                                           for t in pending]),
+                **space,
                 "sweep": plan.name,
                 "cwd": os.getcwd(),
                 "parent_run_id": tracker.parent_run_id,
@@ -270,7 +280,8 @@ def _run_tune(plan: SweepPlan, sweep_dir: Path, pending: list[Trial], run_ids: d
             ),
         )
         grid = tuner.fit()
-        return {r.config["trial"]["trial_id"]: str(r.error) for r in grid if r.error is not None and r.config}
+        return {m["trial_id"]: str(r.error) for r in grid if r.error is not None and r.config
+                for m in members(r.config)}
     finally:
         if owns_ray:
             logs = _ray_logs_dir()

@@ -342,6 +342,12 @@ def format_dry_run(plan: SweepPlan, sweep_dir: Path) -> str:
     out.append(f"resources: per trial cpu={_num(r.cpu)} gpu={_num(r.gpu)}; {cap}; on this machine "
                f"({cpus} CPUs, {gpus} GPUs) {local} trial(s) at once"
                + ("" if local else " -- the trials do not fit here; run with --address on a cluster"))
+    if spec.pack is not None:
+        from orchestrator.packed_trainable import pack_trials
+
+        n = len(pack_trials(plan.trials, spec.pack, plan.axes))
+        out.append(f"pack: {len(plan.trials)} trials in {n} packs of up to {spec.pack.size} (differing in "
+                   f"{', '.join(spec.pack.by)}); each pack is one Ray trial with the resources above")
     out.append(f"failure: max_retries {spec.failure.max_retries}; tracking: {spec.tracking.uri} "
                f"(experiment {spec.tracking.experiment!r})")
     out += _format_analysis(plan)

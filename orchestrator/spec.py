@@ -10,6 +10,8 @@ include: [{method.cost: uniform, seed: 0}]   # extra grid points (base + the poi
 exclude: [{method.cost: none, seed: 2}]      # points or partial selectors removed from the product
 resources: {cpu: 1, gpu: 0.25}      # per trial; a fractional gpu packs trials on one GPU
 max_concurrent: 4                   # at most this many trials at once (default: as resources allow)
+pack: {size: 4, by: [seed]}         # optional: up to 4 grid points that differ only in `by` train in one
+                                    #   process (``pack: 4`` = by seed); placement only, trial_ids unchanged
 failure: {max_retries: 2}           # Ray Tune FailureConfig(max_failures=...)
 tracking: {uri: local, experiment: affsweep}  # local: an MLflow server on 127.0.0.1 for the sweep
 analysis: {...}                     # analysis.plan.AnalysisPlan
@@ -46,7 +48,7 @@ from trainers.config_errors import (
     unknown_message,
 )
 
-__all__ = ["ConfigError", "Failure", "Resources", "SweepSpec", "Tracking", "YamlSource", "check_dotted_key",
+__all__ = ["ConfigError", "Failure", "Pack", "Resources", "SweepSpec", "Tracking", "YamlSource", "check_dotted_key",
            "read_spec"]
 
 
@@ -72,6 +74,29 @@ class Failure(_Strict):
     max_retries: int = Field(2, ge=0)  # Ray Tune FailureConfig(max_failures=max_retries)
 
 
+class Pack(_Strict):
+    """Packed trials (``orchestrator.packed_trainable``): grid points that differ only in the ``by``
+    axes -- so they share dataset, backbone and everything else -- train up to ``size`` at a time in
+    one Ray trial (one process, one copy of the data). Placement only: trial_ids do not change."""
+
+    size: int = Field(ge=1, strict=True)
+    by: list[str] = Field(default_factory=lambda: ["seed"], min_length=1)
+
+    @field_validator("by")
+    @classmethod
+    def _packable_axes(cls, by: list[str]) -> list[str]:
+        for i, key in enumerate(by):
+            if key.split(".")[0] in SHARED_BY_PACK:
+                raise ValueError(f"@{i}:{key}: packed trials share one {key.split('.')[0]}: "
+                                 "pack along other axes (seed, method.cost, ...)")
+            if key in by[:i]:
+                raise ValueError(f"@{i}:{key}: named twice")
+        return by
+
+
+SHARED_BY_PACK = ("dataset", "backbone", "device")  # trainers.packed.check_packable
+
+
 class Tracking(_Strict):
     uri: str = Field("local", min_length=1)  # "local" or any MLflow tracking URI
     experiment: str = Field("affsweep", min_length=1)
@@ -89,6 +114,7 @@ class SweepSpec(_Strict):
     tracking: Tracking = Field(default_factory=Tracking)
     analysis: AnalysisPlan | None = None
     storage: str = "runs"
+    pack: Pack | None = None
 
     @field_validator("name")
     @classmethod
@@ -133,10 +159,31 @@ class SweepSpec(_Strict):
             points.append(flatten_dotted(point))
         return points
 
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack_size(cls, value):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"size": value}
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"expected trials per pack (pack: 4) or {{size: 4, by: [seed]}}, got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _nonempty_grid(self) -> SweepSpec:
         if not self.grid:
             raise ValueError("@grid:empty grid (name at least one axis, e.g. seed: [0, 1, 2])")
+        return self
+
+    @model_validator(mode="after")
+    def _pack_along_axes(self) -> SweepSpec:
+        if self.pack is None:
+            return self
+        axes = list(dict.fromkeys([*self.grid, *(k for p in self.include for k in p)]))
+        for i, key in enumerate(self.pack.by):
+            if key not in axes:
+                where = "pack" if "by" not in self.pack.model_fields_set else f"pack.by.{i}"
+                raise ValueError(f"@{where}:{unknown_message(key, axes, what='axis')}: packed trials differ only in "
+                                 "axes of the grid (write pack: {size: K, by: [...]})")
         return self
 
     def sweep_dir(self, storage: str | Path | None = None) -> Path:

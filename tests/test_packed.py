@@ -32,10 +32,15 @@ def test_packed_trials_give_the_metrics_they_give_alone(tiny_trial, tmp_path):
 def test_a_failing_packed_trial_does_not_stop_the_others(tiny_trial, tmp_path):
     from trainers.engine import NonFiniteLossError
 
-    good, bad = tiny_trial(epochs=1), tiny_trial(epochs=1, lr=1e30)
-    results = fit_packed([bad, good], [tmp_path / "bad", tmp_path / "good"])
+    good, bad = tiny_trial(epochs=2), tiny_trial(epochs=2, lr=1e30)
+    events = []
+    results = fit_packed([bad, good], [tmp_path / "bad", tmp_path / "good"],
+                         reports=[None, lambda e, m, d: events.append(("good reports", e))],
+                         on_end=lambda i, outcome: events.append((i, type(outcome).__name__)))
     assert isinstance(results[0], NonFiniteLossError)
     assert results[1].metrics["status"] == "done"
+    # each end is announced once, as it happens: the NaN before the good trial's first epoch ends
+    assert events == [(0, "NonFiniteLossError"), ("good reports", 1), ("good reports", 2), (1, "TrialResult")]
 
 
 def test_trials_that_share_no_dataset_are_not_packed(tiny_trial, tmp_path):

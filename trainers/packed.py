@@ -50,10 +50,13 @@ def fit_packed(cfgs: Sequence[TrialConfig], trial_dirs: Sequence[str | Path],
                reports: Sequence[Callable | None] | None = None,
                resume_from: Sequence[str | Path | None] | None = None,
                streams: bool = True, sweep: str | None = None,
-               axes: Sequence[dict | None] | None = None) -> list[TrialResult | BaseException]:
+               axes: Sequence[dict | None] | None = None,
+               on_end: Callable[[int, TrialResult | BaseException], None] | None = None,
+               ) -> list[TrialResult | BaseException]:
     """Train ``cfgs`` interleaved step by step; one result (or the exception that ended it) per
     trial, in order. A trial that fails does not stop the others. ``sweep`` and each trial's ``axes``
-    complete its result row, as in ``fit``."""
+    complete its result row, as in ``fit``. ``on_end(i, outcome)`` is called as trial ``i`` ends,
+    while the others still train (the Ray trainable records it there)."""
     check_packable(cfgs)
     k = len(cfgs)
     reports = list(reports) if reports is not None else [None] * k
@@ -82,17 +85,19 @@ def fit_packed(cfgs: Sequence[TrialConfig], trial_dirs: Sequence[str | Path],
                     next(gens[i])
             except StopIteration as done:
                 results[i] = done.value
-                active.remove(i)
             except Exception as e:  # noqa: BLE001 — recorded per trial, the others go on
                 results[i] = e
-                active.remove(i)
             else:
                 rng[i] = torch.get_rng_state()
                 if cuda:
                     cuda_rng[i] = torch.cuda.get_rng_state()
                     if not started[i]:  # set-up copied shared tensors (device-resident images) on this
                         torch.cuda.synchronize()  # stream: the other streams may read them only after it
-            started[i] = True
+                started[i] = True
+                continue
+            active.remove(i)
+            if on_end is not None:
+                on_end(i, results[i])
     if cuda:
         torch.cuda.synchronize()
     return results
