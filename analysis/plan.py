@@ -51,14 +51,20 @@ OLD_FORM = ("the primary/secondary/metrics form is gone (it tested every metric 
             "exploratory: [metrics] for the rest (README 'Analysis plan')")
 
 
+# axes whose VALUES may be mappings: a cost {source, control} (trainers.costs) is one value, not two keys
+MAPPING_VALUED_AXES: tuple[str, ...] = ("method.cost",)
+
+
 def flatten_selector(selector: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"method": {"cost": "none"}}`` -> ``{"method.cost": "none"}``; dotted keys pass through."""
+    """``{"method": {"cost": "none"}}`` -> ``{"method.cost": "none"}``; dotted keys pass through; a
+    mapping under a ``MAPPING_VALUED_AXES`` key (``method.cost: {source: ..., control: uniform}``)
+    is that axis' value."""
     flat: dict[str, Any] = {}
     for key, value in selector.items():
         if not isinstance(key, str) or not key:
             raise ValueError(f"selector keys must be non-empty strings, got {key!r}")
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and dotted not in MAPPING_VALUED_AXES:
             if not value:
                 raise ValueError(f"selector key {dotted!r} has an empty mapping as its value")
             flat.update(flatten_selector(value, prefix=f"{dotted}."))
@@ -68,8 +74,20 @@ def flatten_selector(selector: dict[str, Any], prefix: str = "") -> dict[str, An
 
 
 def selector_label(selector: dict[str, Any]) -> str:
-    """A short human label: ``method.cost=uniform, method.lam=1.0``."""
-    return ", ".join(f"{k}={v}" for k, v in selector.items()) or "(all)"
+    """A short human label: ``method.cost=uniform, method.lam=1.0``; a cost mapping reads as its
+    label, ``method.cost=uniform(file:x.json)``."""
+    return ", ".join(f"{k}={_value_label(k, v)}" for k, v in selector.items()) or "(all)"
+
+
+def _value_label(key: str, value: Any) -> Any:
+    if key in MAPPING_VALUED_AXES and isinstance(value, dict):
+        from trainers.costs import cost_key  # unchecked names: numpy + pydantic, no file read
+
+        try:
+            return cost_key(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _selector(value: Any, where: str) -> dict[str, Any]:

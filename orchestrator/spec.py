@@ -13,6 +13,8 @@ max_concurrent: 4                   # at most this many trials at once (default:
 failure: {max_retries: 2}           # Ray Tune FailureConfig(max_failures=...)
 tracking: {uri: local, experiment: affsweep}  # local: an MLflow server on 127.0.0.1 for the sweep
 analysis: {...}                     # analysis.plan.AnalysisPlan
+controls: auto                      # every structured cost + its permuted and uniform controls,
+                                    #   with their hypotheses added to analysis (analysis.controls)
 storage: runs                       # relative paths are relative to the working directory
 ```
 
@@ -35,6 +37,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from analysis.controls import Controls, parse_controls, with_control_hypotheses
 from analysis.plan import AnalysisPlan
 from trainers.config import ConfigError, TrialConfig, read_yaml_mapping, yaml_key_lines
 
@@ -80,7 +83,21 @@ class SweepSpec(_Strict):
     failure: Failure = Field(default_factory=Failure)
     tracking: Tracking = Field(default_factory=Tracking)
     analysis: AnalysisPlan | None = None
+    controls: Controls | None = None  # auto | [permuted, uniform] | {against, metric}: analysis.controls
     storage: str = "runs"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _control_hypotheses(cls, data):
+        """``controls:`` adds hypotheses to ``analysis:`` before it is validated (analysis.controls)."""
+        if isinstance(data, dict) and data.get("controls") not in (None, False, "none"):
+            try:
+                data = {**data, "controls": parse_controls(data["controls"]),
+                        "analysis": with_control_hypotheses(data)}
+            except ValueError as e:
+                msg = e.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(e, ValidationError) else str(e)
+                raise ValueError(f"@controls:{msg}") from None
+        return data
 
     @field_validator("name")
     @classmethod
