@@ -361,3 +361,19 @@ def test_affsweep_run_of_a_controls_auto_sweep(tmp_path):
     assert [(h["contrast"]["label"], h["metric"]) for h in primary] == [
         (f"method.cost={FILE} vs method.cost=uniform({FILE})", "p_mtl")]
     assert {h["family"] for h in hyps if h["role"] == "family"} == {f"{FILE} vs controls"}
+
+
+def test_a_module_function_source_gets_its_controls_and_source_metrics(tmp_path, capsys):
+    src = "trainers.costs:au_signature"  # the registered example, reached as module:name
+    path = write(tmp_path, f"""
+        grid: {{seed: [0, 1, 2, 3, 4, 5, 6, 7], method.cost: ["{src}"]}}
+        controls: auto""")
+    plan = load_sweep(path)
+    assert len(plan.trials) == 24 and len(plan.added_by_controls) == 16
+    assert {"source": src, "control": "permuted"} in costs_of(plan)
+    family = plan.analysis.family(f"{src} vs controls")
+    assert [h.metric for h in family] == ["error_severity", "quadrant_keep", "error_severity@source"] * 2
+    # 8 seeds: 2/2^8 = 0.0078 <= 0.05/6, so the family of 6 can be decided
+    assert all(r.can_reach for r in plan.design)
+    assert cli_main(["run", str(path), "--dry-run"]) == 0
+    assert f"  + method.cost=uniform({src})" in capsys.readouterr().out
