@@ -315,7 +315,7 @@ def test_preflight_checks_the_source_of_a_mapping(tmp_path, capsys, cost, words)
 
 # --- end to end -----------------------------------------------------------------------------------
 
-TINY = f"""\
+TINY = """\
 name: controls-e2e
 base:
   dataset: {{name: synthetic, preset: affwild2_like, n: 600, image_size: 32}}
@@ -328,12 +328,12 @@ base:
   ema_warmup: true
 grid:
   seed: [0, 1]
-  method.cost: ["{FILE}"]
+  method.cost: ["{file}"]
 controls: auto
 resources: {{cpu: 1}}
 failure: {{max_retries: 0}}
-tracking: {{uri: "sqlite:///{{db}}", experiment: controls-e2e}}
-storage: {{storage}}
+tracking: {{uri: "sqlite:///{db}", experiment: controls-e2e}}
+storage: {storage}
 """
 
 
@@ -341,7 +341,7 @@ storage: {{storage}}
 @pytest.mark.ci
 def test_affsweep_run_of_a_controls_auto_sweep(tmp_path):
     path = tmp_path / "tiny.yaml"
-    path.write_text(TINY.format(db=tmp_path / "mlflow.db", storage=tmp_path / "runs"))
+    path.write_text(TINY.format(file=FILE, db=tmp_path / "mlflow.db", storage=tmp_path / "runs"))
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     run = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(path)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=1500)
