@@ -7,7 +7,8 @@ A sweep-level ``controls: auto`` (or a list, ``[permuted, uniform]``, or a mappi
 - **points** (:func:`expand_points`): every such grid point is followed by a copy of itself per
   control, ``method.cost: {source: S, control: C}`` in the form ``trainers.costs`` stores it, so for
   the circumplex the copies are today's ``permuted`` / ``uniform`` and their trial_ids are those of a
-  hand-written grid. ``exclude`` applies to the copies too;
+  hand-written grid. ``exclude`` applies to the copies too (and a control excluded outright gets no
+  hypotheses);
 - **hypotheses** (:func:`with_control_hypotheses`), added to the ``analysis:`` block *before* it is
   validated — so they are declared (confirmatory), covered by the plan hash and checked by the dry
   run exactly as if written by hand:
@@ -122,13 +123,13 @@ def control_sources(spec: dict) -> list[str]:
 def expand_points(points: list[tuple[dict, str]], base: dict, controls: Controls | None,
                   exclude: list[dict] = (), same=None) -> list[tuple[dict, str]]:
     """Each (point, origin) whose cost (the point's, else ``base``'s) is structured, followed by its
-    controls (origin ``controls``); ``exclude`` selectors (``same(a, b)`` comparing values) drop
-    copies they match."""
+    controls (origin ``controls``); ``exclude`` selectors (``same(key, a, b)`` comparing two values
+    of an axis) drop copies they match."""
     from trainers.costs import stored_cost
 
     if controls is None:
         return points
-    same = same or (lambda a, b: a == b)
+    same = same or (lambda key, a, b: a == b)
     out = []
     for point, origin in points:
         out.append((point, origin))
@@ -137,7 +138,7 @@ def expand_points(points: list[tuple[dict, str]], base: dict, controls: Controls
             continue
         for control in controls.against:
             copy = {**point, COST_AXIS: stored_cost(source, control)}
-            if any(all(k in copy and same(copy[k], v) for k, v in sel.items()) for sel in exclude):
+            if any(all(k in copy and same(k, copy[k], v) for k, v in sel.items()) for sel in exclude):
                 continue
             out.append((copy, "controls"))
     return out
@@ -182,10 +183,15 @@ def with_control_hypotheses(spec: dict) -> dict | None:
     def new(a: dict, b: dict, metric: str) -> bool:
         return (frozenset((_key(a), _key(b))), metric) not in declared
 
+    # a control excluded outright (exclude: [{method.cost: uniform}]) has no trials to test against
+    gone = {_key(e) for e in spec.get("exclude") or [] if isinstance(e, dict) and list(_flat(e)) == [COST_AXIS]}
     strata = _strata(_flat(spec.get("grid")))
     for source in control_sources(spec):
+        kept = [c for c in controls.against if _key({COST_AXIS: stored_cost(source, c)}) not in gone]
+        if not kept:
+            continue
         src = {COST_AXIS: stored_cost(source)}
-        main = "uniform" if "uniform" in controls.against else controls.against[0]
+        main = "uniform" if "uniform" in kept else kept[0]
         ctrl = {COST_AXIS: stored_cost(source, main)}
         if new(src, ctrl, controls.metric):
             primary += [{"contrast": [src, ctrl], "metric": controls.metric, **({"stratum": s} if s else {})}
@@ -197,7 +203,7 @@ def with_control_hypotheses(spec: dict) -> dict | None:
 
         metrics = [*ERROR_METRICS, *(() if source in TRUE_CIRCUMPLEX_SOURCES else SOURCE_METRICS)]
         members = []
-        for control in controls.against:
+        for control in kept:
             other = {COST_AXIS: stored_cost(source, control)}
             todo = [m for m in metrics if new(src, other, m)]
             if todo:

@@ -96,21 +96,23 @@ def expand(spec: SweepSpec, src: YamlSource) -> SweepPlan:
             where = f"exclude.{i}.{key}"
             if key not in spec.grid:
                 raise src.error(where, unknown_message(key, grid_keys, what="axis") if key else "empty key")
-            if not any(same_value(value, v) for v in spec.grid[key]):
+            axis = [p[key] for p, _ in expand_points([({key: v}, "grid") for v in spec.grid[key]], spec.base,
+                                                     spec.controls)] if key in spec.grid else []
+            if not any(_same_axis(key, value, v) for v in axis):
                 raise src.error(where, f"{value!r} is not a value of the axis (values: "
-                                       f"{', '.join(map(_show, spec.grid[key]))}): the selector removes nothing")
+                                       f"{', '.join(map(_show, axis))}): the selector removes nothing")
 
     points: list[tuple[dict[str, Any], str]] = []  # (point, origin) with origin "grid" or "include.<i>"
     for combo in itertools.product(*spec.grid.values()):
         point = dict(zip(grid_keys, combo))
-        if any(all(same_value(point[k], v) for k, v in sel.items()) for sel in spec.exclude):
+        if any(all(_same_axis(k, point[k], v) for k, v in sel.items()) for sel in spec.exclude):
             continue
         points.append((point, "grid"))
     points += [(dict(p), f"include.{i}") for i, p in enumerate(spec.include)]
     if not points:
         raise src.error("exclude", "removes every grid point: nothing would run")
     n_written = len(points)
-    points = expand_points(points, spec.base, spec.controls, spec.exclude, same_value)  # controls: auto
+    points = expand_points(points, spec.base, spec.controls, spec.exclude, _same_axis)  # controls: auto
     if spec.controls is not None and len(points) == n_written:
         raise src.error("controls", "no structured cost to control: write a method.cost source (circumplex, "
                                     "file:PATH, a registered function) in grid, base or include")
@@ -217,7 +219,7 @@ def _check_analysis(plan: SweepPlan) -> None:
         for key, value in sel.items():
             if key not in values:
                 raise src.error(where, f"{key}: " + unknown_message(key, list(values), what="axis"))
-            if not any(same_value(canonical_value(key, value), canonical_value(key, v)) for v in values[key]):
+            if not any(_same_axis(key, value, v) for v in values[key]):
                 close = unknown_message(value, [_show(v) for v in values[key]], what="value")
                 raise src.error(where, f"{key}: {close}")
 
@@ -262,6 +264,11 @@ def same_value(a: Any, b: Any) -> bool:
         return float(a) == float(b)
     except (TypeError, ValueError):
         return _show(a) == _show(b)
+
+
+def _same_axis(key: str, a: Any, b: Any) -> bool:
+    """``same_value`` of two values of axis ``key``, a cost in any spelling (analysis.pairing.canonical_value)."""
+    return same_value(canonical_value(key, a), canonical_value(key, b))
 
 
 def _show(v: Any) -> str:

@@ -38,7 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from analysis.controls import Controls, parse_controls, with_control_hypotheses
-from analysis.plan import AnalysisPlan
+from analysis.plan import AnalysisPlan, flatten_selector
 from trainers.config import ConfigError, TrialConfig, read_yaml_mapping, yaml_key_lines
 
 __all__ = ["ConfigError", "Failure", "Resources", "SweepSpec", "Tracking", "YamlSource", "check_dotted_key",
@@ -139,7 +139,7 @@ class SweepSpec(_Strict):
         for i, point in enumerate(value):
             if not isinstance(point, dict) or not point:
                 raise ValueError(f"@{i}:expected a mapping of dotted keys to values, e.g. {{seed: 0}}, got {point!r}")
-            points.append(flatten_dotted(point))
+            points.append(flatten_selector(point))  # a cost {source, control} stays one value
         return points
 
     @model_validator(mode="after")

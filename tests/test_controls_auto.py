@@ -377,3 +377,20 @@ def test_a_module_function_source_gets_its_controls_and_source_metrics(tmp_path,
     assert all(r.can_reach for r in plan.design)
     assert cli_main(["run", str(path), "--dry-run"]) == 0
     assert f"  + method.cost=uniform({src})" in capsys.readouterr().out
+
+
+def test_include_and_exclude_take_cost_mappings_in_any_spelling(tmp_path):
+    plan = load_sweep(write(tmp_path, f"""
+        grid: {{seed: [0, 1], method.cost: [none, circumplex, "{FILE}"]}}
+        include:
+          - {{seed: 2, method.cost: {{source: circumplex, control: uniform}}}}
+        exclude:
+          - {{method.cost: {{source: circumplex, control: permuted}}}}
+          - {{method.cost: {{source: "{FILE}", control: permuted}}, seed: 1}}
+        controls: auto"""))
+    got = sorted((t.seed, json.dumps(t.axes["method.cost"], sort_keys=True)) for t in plan.trials)
+    assert len(got) == 12 and (2, '"uniform"') in got
+    assert not any(t.axes["method.cost"] == "permuted" for t in plan.trials)
+    assert [t.seed for t in plan.trials if t.axes["method.cost"] == {"source": FILE, "control": "permuted"}] == [0]
+    # the circumplex's permuted control is excluded outright: no hypothesis names it
+    assert [h.b["method.cost"] for h in plan.analysis.family("circumplex vs controls")] == ["uniform", "uniform"]
