@@ -399,7 +399,8 @@ def load_sweep_from_mlflow(tracking_uri: str, sweep: str) -> SweepResults:
         row["data_order_hash"] = (
             tags.get("affsweep.data_order_hash") or params.get("data_order_hash") or row.get("data_order_hash")
         )
-        row.update(run.data.metrics)
+        # MLflow names cannot hold "@": the tracker logs error_severity@source as error_severity_source
+        row.update({_source_metric(k): v for k, v in run.data.metrics.items()})
         rows.append(row)
         run_ids[str(trial_id)] = run.info.run_id
     frame = _normalise(pd.DataFrame(rows))
@@ -430,6 +431,11 @@ def load_sweep_from_mlflow(tracking_uri: str, sweep: str) -> SweepResults:
         mlflow={"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id},
         artifacts=MlflowArtifacts(client, run_ids),
     )
+
+
+def _source_metric(key: str) -> str:
+    stem = key.removesuffix("_source")
+    return f"{stem}{SOURCE_SUFFIX}" if key != stem and stem in METRIC_COLUMNS else key
 
 
 def _download_spec(client, run_id: str) -> dict | None:

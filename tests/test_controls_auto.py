@@ -332,7 +332,7 @@ grid:
 controls: auto
 resources: {{cpu: 1}}
 failure: {{max_retries: 0}}
-tracking: {{uri: "sqlite:///{db}", experiment: controls-e2e}}
+tracking: {{uri: local, experiment: controls-e2e}}
 storage: {storage}
 """
 
@@ -341,7 +341,7 @@ storage: {storage}
 @pytest.mark.ci
 def test_affsweep_run_of_a_controls_auto_sweep(tmp_path):
     path = tmp_path / "tiny.yaml"
-    path.write_text(TINY.format(file=FILE, db=tmp_path / "mlflow.db", storage=tmp_path / "runs"))
+    path.write_text(TINY.format(file=FILE, storage=tmp_path / "runs"))
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     run = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(path)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=1500)
@@ -361,6 +361,13 @@ def test_affsweep_run_of_a_controls_auto_sweep(tmp_path):
     assert [(h["contrast"]["label"], h["metric"]) for h in primary] == [
         (f"method.cost={FILE} vs method.cost=uniform({FILE})", "p_mtl")]
     assert {h["family"] for h in hyps if h["role"] == "family"} == {f"{FILE} vs controls"}
+    # the same conditions and the @source metric read back from MLflow (method.cost.source/.control params)
+    from analysis.results import load_sweep_from_mlflow
+
+    info = json.loads((sweep_dir / "mlflow.json").read_text())
+    loaded = load_sweep_from_mlflow(info["tracking_uri"], "controls-e2e").results
+    assert sorted(loaded["method.cost"]) == sorted(_normalise(results)["method.cost"])
+    assert loaded["error_severity@source"].notna().all()
 
 
 def test_a_module_function_source_gets_its_controls_and_source_metrics(tmp_path, capsys):
