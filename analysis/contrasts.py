@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 # Metrics where a decrease is an improvement (used for "seeds improved"); all others: higher is better.
-LOWER_IS_BETTER: frozenset[str] = frozenset({"error_severity", "train_seconds", "epochs"})
+LOWER_IS_BETTER: frozenset[str] = frozenset({"error_severity", "error_severity@source", "train_seconds", "epochs"})
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.plan import selector_label
+from analysis.plan import MAPPING_VALUED_AXES, selector_label
 
 __all__ = [
     "Contrast",
@@ -37,6 +37,7 @@ __all__ = [
     "MatchedPair",
     "Pairing",
     "UnmatchedTrial",
+    "canonical_value",
     "freeze_selector",
     "normalise_value",
     "pair_trials",
@@ -64,9 +65,24 @@ def normalise_value(value: Any) -> Any:
     return value
 
 
+def canonical_value(key: str, value: Any) -> Any:
+    """The one form selectors and result cells of axis ``key`` are compared in: a cost
+    (``method.cost``: a shorthand, ``{source, control}``, its JSON string or its label) is its
+    ``trainers.costs.cost_key`` (``uniform``, ``permuted(file:x.json)``); other values are
+    ``normalise_value``'s."""
+    if key in MAPPING_VALUED_AXES and value is not None and not (isinstance(value, float) and math.isnan(value)):
+        from trainers.costs import cost_key  # numpy + pydantic only; no file is read
+
+        try:
+            return cost_key(value)
+        except ValueError:
+            return normalise_value(value)
+    return normalise_value(value)
+
+
 def freeze_selector(selector: Mapping[str, Any]) -> Items:
-    """A selector as a hashable tuple of ``(key, normalised value)`` items."""
-    return tuple((str(k), normalise_value(v)) for k, v in selector.items())
+    """A selector as a hashable tuple of ``(key, canonical value)`` items."""
+    return tuple((str(k), canonical_value(str(k), v)) for k, v in selector.items())
 
 
 def stratum_label(stratum: Items) -> str:
@@ -156,12 +172,15 @@ class Pairing:
         return not (self.unmatched or self.integrity)
 
 
-def _column_mask(column: pd.Series, value: Any) -> np.ndarray:
+def _column_mask(column: pd.Series, value: Any, key: str = "") -> np.ndarray:
     if isinstance(value, list | tuple):  # any of several values
         mask = np.zeros(len(column), dtype=bool)
         for v in value:
-            mask |= _column_mask(column, v)
+            mask |= _column_mask(column, v, key)
         return mask
+    if key in MAPPING_VALUED_AXES:
+        want = canonical_value(key, value)
+        return column.map(lambda c: canonical_value(key, c) == want).to_numpy()
     value = normalise_value(value)
     if value is None:
         return column.isna().to_numpy()
@@ -187,7 +206,7 @@ def select(frame: pd.DataFrame, selector: Mapping[str, Any] | Items) -> np.ndarr
             close = difflib.get_close_matches(key, [str(c) for c in frame.columns], n=3)
             hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
             raise KeyError(f"selector key {key!r} is not a column of the results{hint}")
-        mask &= _column_mask(frame[key], value)
+        mask &= _column_mask(frame[key], value, key)
     return mask
 
 

@@ -46,8 +46,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from analysis.dotted import flatten_dotted
-
 __all__ = ["DEFAULT_METRICS", "AnalysisPlan", "Hypothesis", "HypothesisSpec", "flatten_selector", "selector_label"]
 
 DEFAULT_METRICS: tuple[str, ...] = ("p_mtl", "expr_f1", "error_severity", "quadrant_keep")
@@ -60,20 +58,43 @@ OLD_FORM = ("the primary/secondary/metrics form is gone (it tested every metric 
             "exploratory: [metrics] for the rest (README 'Analysis plan')")
 
 
+# axes whose VALUES may be mappings: a cost {source, control} (trainers.costs) is one value, not two keys
+MAPPING_VALUED_AXES: tuple[str, ...] = ("method.cost",)
+
+
 def flatten_selector(selector: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"method": {"cost": "none"}}`` -> ``{"method.cost": "none"}``; dotted keys pass through."""
-    flat = flatten_dotted(selector, prefix)
-    for dotted, value in flat.items():
-        if any(not part for part in dotted.split(".")):
-            raise ValueError(f"selector keys must be non-empty strings, got {dotted!r}")
-        if isinstance(value, dict):  # flatten_dotted keeps {} as a value
-            raise ValueError(f"selector key {dotted!r} has an empty mapping as its value")
+    """``{"method": {"cost": "none"}}`` -> ``{"method.cost": "none"}``; dotted keys pass through; a
+    mapping under a ``MAPPING_VALUED_AXES`` key (``method.cost: {source: ..., control: uniform}``)
+    is that axis' value."""
+    flat: dict[str, Any] = {}
+    for key, value in selector.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"selector keys must be non-empty strings, got {key!r}")
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in MAPPING_VALUED_AXES:
+            if not value:
+                raise ValueError(f"selector key {dotted!r} has an empty mapping as its value")
+            flat.update(flatten_selector(value, prefix=f"{dotted}."))
+        else:
+            flat[dotted] = value
     return flat
 
 
 def selector_label(selector: dict[str, Any]) -> str:
-    """A short human label: ``method.cost=uniform, method.lam=1.0``."""
-    return ", ".join(f"{k}={v}" for k, v in selector.items()) or "(all)"
+    """A short human label: ``method.cost=uniform, method.lam=1.0``; a cost mapping reads as its
+    label, ``method.cost=uniform(file:x.json)``."""
+    return ", ".join(f"{k}={_value_label(k, v)}" for k, v in selector.items()) or "(all)"
+
+
+def _value_label(key: str, value: Any) -> Any:
+    if key in MAPPING_VALUED_AXES and isinstance(value, dict):
+        from trainers.costs import cost_key  # unchecked names: numpy + pydantic, no file read
+
+        try:
+            return cost_key(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _selector(value: Any, where: str) -> dict[str, Any]:

@@ -54,11 +54,14 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "epochs", "train_seconds", "images_per_second",
 )
 METRIC_PREFIXES: tuple[str, ...] = ("expr_f1/", "au_f1/")
+# error structure under a cost's own source (trainers.costs.source_error_metrics): error_severity@source
+SOURCE_SUFFIX = "@source"
 RESULT_FILES: tuple[str, ...] = ("results.parquet", "results.csv")
 
 
 def is_metric_column(name: str) -> bool:
-    return name in METRIC_COLUMNS or name.startswith(METRIC_PREFIXES)
+    return (name in METRIC_COLUMNS or name.startswith(METRIC_PREFIXES)
+            or (name.endswith(SOURCE_SUFFIX) and name.removesuffix(SOURCE_SUFFIX) in METRIC_COLUMNS))
 
 
 def metric_columns(frame: pd.DataFrame) -> tuple[str, ...]:
@@ -179,11 +182,36 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
         frame["status"] = "done"
     for column in metric_columns(frame):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame = _canonical_mapping_axes(frame)
     if "data_order_hash" in frame.columns:
         frame["data_order_hash"] = frame["data_order_hash"].map(
             lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
         )
     return frame.reset_index(drop=True)
+
+
+def _canonical_mapping_axes(frame: pd.DataFrame) -> pd.DataFrame:
+    """A cost axis in one form, whatever wrote it: results.parquet's JSON strings, the shorthands, and
+    MLflow's ``method.cost.source`` / ``method.cost.control`` params become ``method.cost`` labels
+    (``uniform``, ``permuted(file:x.json)``: ``analysis.pairing.canonical_value``)."""
+    from analysis.pairing import canonical_value
+    from analysis.plan import MAPPING_VALUED_AXES
+
+    for axis in MAPPING_VALUED_AXES:
+        parts = [f"{axis}.{p}" for p in ("source", "control") if f"{axis}.{p}" in frame.columns]
+        if parts:
+            n = len(frame)
+            values = frame[axis].tolist() if axis in frame.columns else [None] * n
+            sources = frame.get(f"{axis}.source", pd.Series([None] * n)).tolist()
+            controls = frame.get(f"{axis}.control", pd.Series([None] * n)).tolist()
+            merged = [{"source": s, "control": c if isinstance(c, str) else "none"}
+                      if isinstance(s, str) and (v is None or (isinstance(v, float) and math.isnan(v))) else v
+                      for v, s, c in zip(values, sources, controls)]
+            frame = frame.drop(columns=parts)
+            frame[axis] = pd.Series(merged, index=frame.index, dtype=object)
+        if axis in frame.columns:
+            frame[axis] = frame[axis].map(lambda v, axis=axis: canonical_value(axis, v)).astype(object)
+    return frame
 
 
 def _read_yaml(path: Path) -> dict | None:
@@ -207,17 +235,26 @@ def grid_keys_of(spec: Mapping | None) -> list[str] | None:
                 for key in flatten_dotted(entry):
                     if key not in keys:
                         keys.append(key)
+    if spec.get("controls") not in (None, False, "none") and "method.cost" not in keys:
+        keys.append("method.cost")  # controls: auto makes the cost an axis (analysis.controls)
     return [k for k in keys if k not in ("include", "exclude")]
 
 
 def plan_of(spec: Mapping | None, where: str = "sweep.yaml") -> AnalysisPlan | None:
-    """The validated ``analysis:`` block of a sweep spec, or None when it has none."""
-    if not spec or spec.get("analysis") is None:
+    """The validated ``analysis:`` block of a sweep spec (with the hypotheses its ``controls:`` add,
+    ``analysis.controls``), or None when it has neither."""
+    if not spec or (spec.get("analysis") is None and spec.get("controls") in (None, False, "none")):
         return None
     from pydantic import ValidationError
 
+    from analysis.controls import with_control_hypotheses
+
     try:
-        return AnalysisPlan.model_validate(spec["analysis"])
+        block = with_control_hypotheses(dict(spec))
+    except ValueError as exc:
+        raise ValueError(f"{where}: controls: {exc}") from exc
+    try:
+        return AnalysisPlan.model_validate(block)
     except ValidationError as exc:
         first = exc.errors()[0]
         parts, msg = ["analysis", *map(str, first["loc"])], first["msg"].removeprefix("Value error, ")
@@ -353,7 +390,8 @@ def load_sweep_from_mlflow(tracking_uri: str, sweep: str) -> SweepResults:
         row["data_order_hash"] = (
             tags.get("affsweep.data_order_hash") or params.get("data_order_hash") or row.get("data_order_hash")
         )
-        row.update(run.data.metrics)
+        # MLflow names cannot hold "@": the tracker logs error_severity@source as error_severity_source
+        row.update({_source_metric(k): v for k, v in run.data.metrics.items()})
         rows.append(row)
         run_ids[str(trial_id)] = run.info.run_id
     frame = _normalise(pd.DataFrame(rows))
@@ -384,6 +422,11 @@ def load_sweep_from_mlflow(tracking_uri: str, sweep: str) -> SweepResults:
         mlflow={"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id},
         artifacts=MlflowArtifacts(client, run_ids),
     )
+
+
+def _source_metric(key: str) -> str:
+    stem = key.removesuffix("_source")
+    return f"{stem}{SOURCE_SUFFIX}" if key != stem and stem in METRIC_COLUMNS else key
 
 
 def _download_spec(client, run_id: str) -> dict | None:

@@ -20,7 +20,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from analysis.controls import expand_points
 from analysis.dotted import get_dotted
+from analysis.pairing import canonical_value
 from analysis.plan import AnalysisPlan, selector_label
 from orchestrator.spec import SweepSpec, read_spec
 from trainers.config import TrialConfig, describe_validation_error
@@ -62,6 +64,7 @@ class SweepPlan:
     axes: list[str]  # column order: grid keys then include keys (seed excluded: it has its own column)
     warnings: list[str] = field(default_factory=list)
     design: list = field(default_factory=list)  # analysis.hypotheses.DesignRow per declared hypothesis
+    added_by_controls: list[str] = field(default_factory=list)  # trial_ids that controls: added
 
     @property
     def name(self) -> str:
@@ -95,30 +98,40 @@ def expand(spec: SweepSpec, src: YamlSource) -> SweepPlan:
             where = f"exclude.{i}.{key}"
             if key not in spec.grid:
                 raise src.error(where, unknown_message(key, grid_keys, what="axis") if key else "empty key")
-            if not any(same_value(value, v) for v in spec.grid[key]):
+            axis = [p[key] for p, _ in expand_points([({key: v}, "grid") for v in spec.grid[key]], spec.base,
+                                                     spec.controls)] if key in spec.grid else []
+            if not any(_same_axis(key, value, v) for v in axis):
                 raise src.error(where, f"{value!r} is not a value of the axis (values: "
-                                       f"{', '.join(map(_show, spec.grid[key]))}): the selector removes nothing")
+                                       f"{', '.join(map(_show, axis))}): the selector removes nothing")
 
     points: list[tuple[dict[str, Any], str]] = []  # (point, origin) with origin "grid" or "include.<i>"
     for combo in itertools.product(*spec.grid.values()):
         point = dict(zip(grid_keys, combo))
-        if any(all(same_value(point[k], v) for k, v in sel.items()) for sel in spec.exclude):
+        if any(all(_same_axis(k, point[k], v) for k, v in sel.items()) for sel in spec.exclude):
             continue
         points.append((point, "grid"))
     points += [(dict(p), f"include.{i}") for i, p in enumerate(spec.include)]
     if not points:
         raise src.error("exclude", "removes every grid point: nothing would run")
+    n_written = len(points)
+    points = expand_points(points, spec.base, spec.controls, spec.exclude, _same_axis)  # controls: auto
+    if spec.controls is not None and len(points) == n_written:
+        raise src.error("controls", "no structured cost to control: write a method.cost source (circumplex, "
+                                    "file:PATH, a registered function) in grid, base or include")
 
-    axes = grid_keys + [k for p in spec.include for k in p if k not in grid_keys]
+    axes = grid_keys + [k for p, _ in points for k in p if k not in grid_keys]
     axes = list(dict.fromkeys(k for k in axes if k != "seed"))
     trials: dict[str, Trial] = {}
+    added = []
     for point, origin in points:
         cfg = _validate(spec, point, origin, src)
         if cfg.trial_id in trials:
             continue  # duplicate point: the same experiment runs once
         resolved = cfg.model_dump(mode="json")
         trials[cfg.trial_id] = Trial(cfg.trial_id, cfg, cfg.seed, {k: get_dotted(resolved, k) for k in axes})
-    plan = SweepPlan(spec, src, list(trials.values()), axes)
+        if origin == "controls":
+            added.append(cfg.trial_id)
+    plan = SweepPlan(spec, src, list(trials.values()), axes, added_by_controls=added)
     _check_analysis(plan)
     plan.warnings += _seed_warnings(plan)
     return plan
@@ -200,7 +213,7 @@ def _check_analysis(plan: SweepPlan) -> None:
         for key, value in sel.items():
             if key not in values:
                 raise src.error(where, f"{key}: " + unknown_message(key, list(values), what="axis"))
-            if not any(same_value(value, v) for v in values[key]):
+            if not any(_same_axis(key, value, v) for v in values[key]):
                 close = unknown_message(value, [_show(v) for v in values[key]], what="value")
                 raise src.error(where, f"{key}: {close}")
 
@@ -286,6 +299,11 @@ def same_value(a: Any, b: Any) -> bool:
         return _show(a) == _show(b)
 
 
+def _same_axis(key: str, a: Any, b: Any) -> bool:
+    """``same_value`` of two values of axis ``key``, a cost in any spelling (analysis.pairing.canonical_value)."""
+    return same_value(canonical_value(key, a), canonical_value(key, b))
+
+
 def _show(v: Any) -> str:
     if v is None:
         return "null"
@@ -325,7 +343,7 @@ def _merge(a: dict, b: dict) -> dict:
 def format_dry_run(plan: SweepPlan, sweep_dir: Path) -> str:
     spec = plan.spec
     cols = ["trial_id", "seed", *plan.axes]
-    rows = [[t.trial_id, str(t.seed), *(_show(t.axes[k]) for k in plan.axes)] for t in plan.trials]
+    rows = [[t.trial_id, str(t.seed), *(_show(canonical_value(k, t.axes[k])) for k in plan.axes)] for t in plan.trials]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = [f"sweep {plan.name}: {len(plan.trials)} trials "
@@ -350,9 +368,35 @@ def format_dry_run(plan: SweepPlan, sweep_dir: Path) -> str:
                    f"{', '.join(spec.pack.by)}); each pack is one Ray trial with the resources above")
     out.append(f"failure: max_retries {spec.failure.max_retries}; tracking: {spec.tracking.uri} "
                f"(experiment {spec.tracking.experiment!r})")
+    out += _format_controls(plan)
     out += _format_analysis(plan)
     out += [f"  WARNING: {w}" for w in plan.warnings]
     return "\n".join(out)
+
+
+def _declared_hypotheses(plan: SweepPlan) -> set[str] | None:
+    """Labels of the hypotheses written in the YAML's own analysis: block (None without controls)."""
+    if plan.spec.controls is None:
+        return None
+    import yaml
+
+    raw = (yaml.safe_load(plan.source.text) or {}).get("analysis")
+    return {h.label for h in AnalysisPlan.model_validate(raw).hypotheses()} if raw else set()
+
+
+def _format_controls(plan: SweepPlan) -> list[str]:
+    c = plan.spec.controls
+    if c is None:
+        return []
+    added = set(plan.added_by_controls)
+    conditions = dict.fromkeys(condition_label({k: canonical_value(k, v) for k, v in t.axes.items()})
+                               for t in plan.trials if t.trial_id in added)
+    declared = _declared_hypotheses(plan) or set()
+    n_hyp = sum(h.label not in declared for h in plan.analysis.hypotheses())
+    out = ["", f"controls: {', '.join(c.against)} of every structured cost -> {len(added)} added trials "
+               f"({len(conditions)} conditions), {n_hyp} added hypotheses on {c.metric} and the error structure"]
+    out += [f"  + {label}" for label in conditions]
+    return out
 
 
 def _format_analysis(plan: SweepPlan) -> list[str]:
@@ -366,6 +410,7 @@ def _format_analysis(plan: SweepPlan) -> list[str]:
     if a.baseline:
         out.append(f"  baseline:  {selector_label(a.baseline)}")
     rows = plan.design
+    declared = _declared_hypotheses(plan)
     if not rows:
         out.append("  hypotheses: none declared -- every result will be exploratory")
     for family in dict.fromkeys(r.hypothesis.family for r in rows):
@@ -375,7 +420,8 @@ def _format_analysis(plan: SweepPlan) -> list[str]:
                    f"{members[0].threshold:.4g}):")
         for r in members:
             verdict = "can reach it" if r.can_reach else "CANNOT reach it -- this design cannot decide H"
-            out.append(f"    {r.hypothesis.label}: {r.n_paired} paired seeds, min attainable p "
+            tag = " [controls]" if declared is not None and r.hypothesis.label not in declared else ""
+            out.append(f"    {r.hypothesis.label}{tag}: {r.n_paired} paired seeds, min attainable p "
                        f"{r.min_pvalue:.4g} vs {r.threshold:.4g}: {verdict}")
     out.append(f"  exploratory metrics: {', '.join(a.exploratory) or '(none)'}; alpha {a.alpha}")
     from analysis.looks import describe_looks

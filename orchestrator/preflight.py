@@ -280,10 +280,11 @@ def _fits_architecture(cfg: TrialConfig, file: str) -> None:
 # --- method and cost ---------------------------------------------------------------------------------
 
 _OWN_VA_COSTS = ("gaussian_w2", "instance", "va_au")
-_CIRCUMPLEX_COSTS = ("circumplex", "permuted", "uniform")
+_CIRCUMPLEX_COSTS = ("circumplex",)  # sources (permuted/uniform are the circumplex's controls)
 
 
 def _check_method(cfg: TrialConfig, labels: tuple[bool, bool]) -> None:
+    from trainers.costs import cost_key, cost_pair
     from trainers.methods import METHODS
 
     has_va, has_au = labels
@@ -295,17 +296,20 @@ def _check_method(cfg: TrialConfig, labels: tuple[bool, bool]) -> None:
         if not have.get(task, True):
             raise Problem("method.name", f"method {m.name!r} needs {task.upper()} labels on the training split; "
                                          f"{what} has none")
-    if m.cost in _OWN_VA_COSTS and not has_va:
-        raise Problem("method.cost", f"cost {m.cost!r} needs the dataset's own VA labels; {what} has none "
+    # the checks are the SOURCE's: {source: gaussian_w2, control: permuted} needs VA as gaussian_w2 does
+    pair = cost_pair(m.cost)
+    source, label = (pair[0] if pair else "none"), cost_key(m.cost)
+    if source in _OWN_VA_COSTS and not has_va:
+        raise Problem("method.cost", f"cost {label!r} needs the dataset's own VA labels; {what} has none "
                                      f"(use circumplex, permuted or uniform with method.imported_from, or imported)")
-    if m.cost == "va_au" and not has_au:
-        raise Problem("method.cost", f"cost 'va_au' needs AU labels; {what} has none (use gaussian_w2 or circumplex)")
-    if m.cost == "imported" and m.imported_from is None:
-        raise Problem("method.imported_from", "required by cost: imported (e.g. 'synthetic:affectnet_like' or a "
+    if source == "va_au" and not has_au:
+        raise Problem("method.cost", f"cost {label!r} needs AU labels; {what} has none (use gaussian_w2 or circumplex)")
+    if source == "imported" and m.imported_from is None:
+        raise Problem("method.imported_from", f"required by cost: {label} (e.g. 'synthetic:affectnet_like' or a "
                                               "circumplex.json path)")
     if not has_va and m.imported_from is None:
-        if m.cost in _CIRCUMPLEX_COSTS:
-            raise Problem("method.cost", f"cost {m.cost!r} needs a circumplex, but {what} has no VA labels; set "
+        if source in _CIRCUMPLEX_COSTS:
+            raise Problem("method.cost", f"cost {label!r} needs a circumplex, but {what} has no VA labels; set "
                                          f"method.imported_from (e.g. 'synthetic:affectnet_like')")
         if m.consistency > 0:
             raise Problem("method.consistency", f"the consistency term needs class centroids in VA, but {what} "

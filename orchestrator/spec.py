@@ -15,6 +15,8 @@ pack: {size: 4, by: [seed]}         # optional: up to 4 grid points that differ 
 failure: {max_retries: 2}           # Ray Tune FailureConfig(max_failures=...)
 tracking: {uri: local, experiment: affsweep}  # local: an MLflow server on 127.0.0.1 for the sweep
 analysis: {...}                     # analysis.plan.AnalysisPlan
+controls: auto                      # every structured cost + its permuted and uniform controls,
+                                    #   with their hypotheses added to analysis (analysis.controls)
 storage: runs                       # relative paths are relative to the working directory
 ```
 
@@ -36,8 +38,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from analysis.controls import Controls, parse_controls, with_control_hypotheses
 from analysis.dotted import flatten_dotted
-from analysis.plan import AnalysisPlan
+from analysis.plan import AnalysisPlan, flatten_selector
 from trainers.config import TrialConfig
 from trainers.config_errors import (
     ConfigError,
@@ -113,8 +116,22 @@ class SweepSpec(_Strict):
     failure: Failure = Field(default_factory=Failure)
     tracking: Tracking = Field(default_factory=Tracking)
     analysis: AnalysisPlan | None = None
+    controls: Controls | None = None  # auto | [permuted, uniform] | {against, metric}: analysis.controls
     storage: str = "runs"
     pack: Pack | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _control_hypotheses(cls, data):
+        """``controls:`` adds hypotheses to ``analysis:`` before it is validated (analysis.controls)."""
+        if isinstance(data, dict) and data.get("controls") not in (None, False, "none"):
+            try:
+                data = {**data, "controls": parse_controls(data["controls"]),
+                        "analysis": with_control_hypotheses(data)}
+            except ValueError as e:
+                msg = e.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(e, ValidationError) else str(e)
+                raise ValueError(f"@controls:{msg}") from None
+        return data
 
     @field_validator("name")
     @classmethod
@@ -156,7 +173,7 @@ class SweepSpec(_Strict):
         for i, point in enumerate(value):
             if not isinstance(point, dict) or not point:
                 raise ValueError(f"@{i}:expected a mapping of dotted keys to values, e.g. {{seed: 0}}, got {point!r}")
-            points.append(flatten_dotted(point))
+            points.append(flatten_selector(point))  # a cost {source, control} stays one value
         return points
 
     @field_validator("pack", mode="before")

@@ -302,8 +302,11 @@ def test_every_shipped_sweep_has_a_plan_the_dry_run_accepts():
 def test_error_structure_metrics_are_never_primary(path):
     from orchestrator.spec import read_spec
 
-    plan = read_spec(path)[0].analysis
+    spec = read_spec(path)[0]
+    plan = spec.analysis
     for h in plan.hypotheses():
+        if spec.controls is not None and h.family is not None and h.family.endswith(" vs controls"):
+            continue  # controls: auto's family "<source> vs controls" (tests/test_controls_auto.py)
         if h.metric in ("error_severity", "quadrant_keep"):
             assert h.family == "error_structure", (path, h.where)
             assert (h.a, h.b) == (C, U)  # the study's sign: circumplex - uniform

@@ -56,11 +56,14 @@ __all__ = [
     "canonical_cost",
     "check_cost_for_label_space",
     "cost_identity",
+    "cost_key",
     "cost_label",
+    "cost_pair",
     "load_cost_table",
     "parse_cost",
     "register_cost",
     "source_error_metrics",
+    "stored_cost",
     "validate_cost_matrix",
 ]
 
@@ -187,6 +190,64 @@ def canonical_cost(value: str | dict | CostSpec | None) -> str | CostSpec | None
 def cost_label(value: str | dict | CostSpec | None) -> str:
     spec = parse_cost(value)
     return "none" if spec is None else spec.label
+
+
+# --- the names of a cost, without checking its source (analysis and the sweep's controls use these) ---
+
+# sources whose error structure the true circumplex already scores (no ``@source`` metrics)
+TRUE_CIRCUMPLEX_SOURCES = ("circumplex", "instance")
+
+
+def cost_pair(value: Any) -> tuple[str, str] | None:
+    """``(source, control)`` of a ``method.cost`` value in any spelling — a shorthand, a bare source,
+    a ``{source, control}`` mapping, its JSON string (results.parquet) or its label
+    (``uniform(file:x.json)``) — WITHOUT checking that the source exists (no file is read, no module
+    imported): what analysis needs to match selectors against results. None for ``none``."""
+    if isinstance(value, CostSpec):
+        return value.source, value.control
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                return text, "none"
+        else:
+            if text in ("", "none", "null", "None"):
+                return None
+            if text in SHORTHANDS:
+                return SHORTHANDS[text]
+            head, paren, rest = text.partition("(")
+            if paren and head in CONTROLS and rest.endswith(")"):
+                return rest[:-1], head
+            return text, "none"
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        source, control = value.get("source"), value.get("control") or "none"
+        if source is None or str(source) == "none":
+            return None
+        return str(source).strip(), str(control)
+    raise ValueError(f"not a cost value: {value!r}")
+
+
+def cost_key(value: Any) -> str:
+    """One name per (source, control), unchecked: ``none``, a shorthand (``uniform``), a bare source
+    (``file:x.json``) or ``control(source)`` — ``CostSpec.label``'s form."""
+    pair = cost_pair(value)
+    if pair is None:
+        return "none"
+    shorthand = next((name for name, p in SHORTHANDS.items() if p == pair), None)
+    return shorthand or (pair[0] if pair[1] == "none" else f"{pair[1]}({pair[0]})")
+
+
+def stored_cost(source: str, control: str = "none") -> str | dict[str, str]:
+    """The form ``canonical_cost`` stores (and the grid writes) for a (source, control), unchecked:
+    a shorthand or bare source string where one says the same, else the mapping."""
+    shorthand = next((name for name, p in SHORTHANDS.items() if p == (source, control)), None)
+    if shorthand:
+        return shorthand
+    return source if control == "none" else {"source": source, "control": control}
 
 
 def cost_identity(value: str | CostSpec | None) -> dict[str, Any]:
@@ -498,7 +559,7 @@ def source_error_metrics(confusion: np.ndarray, choice) -> dict[str, float]:
     the true-circumplex metrics."""
     from analysis.errors import affect_weighted_accuracy, error_severity, quadrant_preservation
 
-    if choice is None or choice.source_cost is None or choice.cost_source in ("circumplex", "instance"):
+    if choice is None or choice.source_cost is None or choice.cost_source in TRUE_CIRCUMPLEX_SOURCES:
         return {}
     cost = np.asarray(choice.source_cost, dtype=np.float64)
     m = np.asarray(confusion, dtype=np.float64)

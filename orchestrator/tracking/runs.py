@@ -174,6 +174,7 @@ class SweepTracker:
         metrics = []
         for key, values in summary_statistics(results).items():
             mean, std, n = values
+            key = _metric_key(key)  # error_severity@source -> error_severity_source, as in the trial runs
             metrics += [Metric(f"{key}/mean", mean, now, step), Metric(f"{key}/n", n, now, step)]
             if n >= 2:
                 metrics.append(Metric(f"{key}/std", std, now, step))
