@@ -361,8 +361,6 @@ def format_dry_run(plan: SweepPlan, sweep_dir: Path) -> str:
                f"({cpus} CPUs, {gpus} GPUs) {local} trial(s) at once"
                + ("" if local else " -- the trials do not fit here; run with --address on a cluster"))
     if spec.pack is not None:
-        from orchestrator.packed_trainable import pack_trials
-
         n = len(pack_trials(plan.trials, spec.pack, plan.axes))
         out.append(f"pack: {len(plan.trials)} trials in {n} packs of up to {spec.pack.size} (differing in "
                    f"{', '.join(spec.pack.by)}); each pack is one Ray trial with the resources above")
@@ -450,3 +448,18 @@ def _local_gpus() -> int:
         return torch.cuda.device_count()
     except Exception:  # noqa: BLE001 -- a dry run must not fail on a broken CUDA install
         return 0
+
+
+def pack_trials(trials: list, pack, axes: list[str]) -> list[list]:
+    """``trials`` (``expand.Trial``) in packs of up to ``pack.size``: trials whose axes agree outside
+    ``pack.by`` (and whose dataset, backbone and device agree) share a pack, in plan order."""
+    groups: dict[str, list] = {}
+    for t in trials:
+        shared = {k: t.axes[k] for k in axes if k not in pack.by}
+        if "seed" not in pack.by:
+            shared["seed"] = t.seed
+        cfg = t.config.model_dump(mode="json", include={"dataset", "backbone", "device"})
+        groups.setdefault(json.dumps([shared, cfg], sort_keys=True, default=str), []).append(t)
+    packs = [g[i:i + pack.size] for g in groups.values() for i in range(0, len(g), pack.size)]
+    order = {t.trial_id: i for i, t in enumerate(trials)}
+    return sorted(packs, key=lambda p: order[p[0].trial_id])

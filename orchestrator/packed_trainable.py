@@ -21,7 +21,6 @@ unpacked trainable does.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from orchestrator import sweep_dir as record
 from orchestrator import tracking
+from orchestrator.expand import condition_label, pack_trials  # noqa: F401  (pack_trials: re-exported)
 
 # orchestrator.trainable (train_trial's helpers, and Ray) is imported where a pack runs, so that the
 # driver's planning (pack_trials, --dry-run) does not import Ray
@@ -40,29 +40,12 @@ class PackFailed(RuntimeError):
     """Some members of a pack failed (the others finished); Ray may retry the pack."""
 
 
-# --- planning (driver side) ---------------------------------------------------------------------------
-
-def pack_trials(trials: list, pack, axes: list[str]) -> list[list]:
-    """``trials`` (``expand.Trial``) in packs of up to ``pack.size``: trials whose axes agree outside
-    ``pack.by`` (and whose dataset, backbone and device agree) share a pack, in plan order."""
-    groups: dict[str, list] = {}
-    for t in trials:
-        shared = {k: t.axes[k] for k in axes if k not in pack.by}
-        if "seed" not in pack.by:
-            shared["seed"] = t.seed
-        cfg = t.config.model_dump(mode="json", include={"dataset", "backbone", "device"})
-        groups.setdefault(json.dumps([shared, cfg], sort_keys=True, default=str), []).append(t)
-    packs = [g[i:i + pack.size] for g in groups.values() for i in range(0, len(g), pack.size)]
-    order = {t.trial_id: i for i, t in enumerate(trials)}
-    return sorted(packs, key=lambda p: order[p[0].trial_id])
-
+# --- planning (driver side; the grouping itself is expand.pack_trials) ----------------------------------
 
 def pack_param(members: list, params: list[dict], by: list[str]) -> dict:
     """The pack's entry in Tune's param space: an id, what its members share, and their trial params."""
     ids = [t.trial_id for t in members]
     shared = {k: v for k, v in members[0].axes.items() if k not in by}
-    from orchestrator.expand import condition_label
-
     return {"pack_id": "pack-" + hashlib.sha256(",".join(ids).encode()).hexdigest()[:10],
             "condition": condition_label(shared), "seeds": sorted({t.seed for t in members}),
             "trial_ids": ids, "members": params}
