@@ -245,7 +245,7 @@ def _fake_results(cost_cells) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _as_parquet_cells():  # orchestrator.results.write_results: a mapping becomes sorted JSON
+def _as_parquet_cells():  # orchestrator.sweep_dir.write_results: a mapping becomes sorted JSON
     return {"none": "none", "src": FILE,
             "permuted": json.dumps({"source": FILE, "control": "permuted"}, sort_keys=True),
             "uniform": json.dumps({"source": FILE, "control": "uniform"}, sort_keys=True)}

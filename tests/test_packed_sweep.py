@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from orchestrator import results as record
+from orchestrator import sweep_dir as record
 from orchestrator.console import LiveView
 from orchestrator.expand import load_sweep
 from orchestrator.packed_trainable import pack_trials
