@@ -121,7 +121,9 @@ def test_sweep_retries_fails_resumes_and_never_duplicates(tmp_path, ray_session,
 
     info = record.read_json(sweep_dir / "mlflow.json")
     assert info["tracking_uri"] == mlflow_server.uri and set(info) == {"tracking_uri", "experiment_id",
-                                                                         "parent_run_id"}
+                                                                         "parent_run_id", "ui_command", "ui_url"}
+    assert info["ui_command"] is None  # a remote server: no local store to open
+    assert f"#/experiments/{info['experiment_id']}/runs?workflowType=machine_learning" in info["ui_url"]
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_server.uri)
