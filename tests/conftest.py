@@ -28,3 +28,50 @@ def tiny_trial():
         return TrialConfig.model_validate(base)
 
     return make
+
+
+# --- services shared by the session's end-to-end tests --------------------------------------------
+# Starting an `mlflow server` takes ~18 s on a 2-core machine (two processes import MLflow in turn)
+# and an in-process Ray ~8 s; tests that only need *a* server or *a* Ray share one each. Every test
+# keeps to its own experiment names, sweep directories and trial ids, so sharing hides nothing.
+# Tests that restart or kill a server, or need one on another store (PostgreSQL), start their own.
+
+@pytest.fixture(scope="session")
+def mlflow_http(tmp_path_factory):
+    """One ``mlflow server`` (SQLite, 127.0.0.1) for the session, as ``tracking.uri: local`` starts it."""
+    from orchestrator import tracking
+
+    server = tracking.LocalMlflowServer(tmp_path_factory.mktemp("mlflow-shared"))
+    with server:
+        pgid = server.proc.pid
+        yield server
+    assert server.proc is None
+    with pytest.raises(ProcessLookupError):  # stopped with the session: the CLI and its uvicorn worker
+        os.killpg(pgid, 0)
+
+
+@pytest.fixture
+def ray_local():
+    """The session's in-process Ray (2 CPUs), started at first use and shut down at the end of the
+    session. A test that stops every Ray on the machine (``ray stop``) calls ``stop_ray_local()``
+    first; the next test that asks for Ray starts it again."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+
+
+def stop_ray_local() -> None:
+    """Shut down this process's Ray, if it has one (pytest's own process: ``ray_local``)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_ray_local_at_the_end():
+    yield
+    stop_ray_local()

@@ -50,18 +50,20 @@ resources: {{cpu: 1}}
 failure: {{max_retries: {retries}}}
 tracking: {{uri: {uri}, experiment: {name}}}
 analysis:
-  primary: [{{contrast: [{{method.cost: circumplex}}, {{method.cost: none}}], metric: p_mtl{stratum}}}]
-  exploratory: [p_mtl]
+{analysis}
 storage: {storage}
 """
+PRIMARY = "  primary: [{{contrast: [{{method.cost: circumplex}}, {{method.cost: none}}], metric: p_mtl{stratum}}}]\n"
 
 
 def sweep_yaml(path: Path, *, name: str, uri: str, storage: Path, grid: str, epochs: int = 2,
-               retries: int = 1, stratum: str = "") -> Path:
-    """``stratum``: e.g. ``"{lr: 0.003}"`` when the grid has an axis besides seed and cost."""
+               retries: int = 1, stratum: str = "", primary: bool = True) -> Path:
+    """``stratum``: e.g. ``"{lr: 0.003}"`` when the grid has an axis besides seed and cost;
+    ``primary=False`` for a grid without both costs (then every result is exploratory)."""
     stratum = f", stratum: {stratum}" if stratum else ""
+    analysis = (PRIMARY.format(stratum=stratum) if primary else "") + "  exploratory: [p_mtl]"
     path.write_text(SWEEP.format(name=name, uri=uri, storage=storage, grid=grid, epochs=epochs, retries=retries,
-                                 stratum=stratum))
+                                 analysis=analysis))
     return path
 
 
@@ -292,15 +294,14 @@ def finish(proc, timeout: float = 480) -> str:
 @pytest.mark.slow
 @pytest.mark.ci
 @pytest.mark.timeout(600)
-def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, mlflow_http):
     cluster = RayCluster(tmp_path, cpus=[1, 1])
-    server = MlflowServer(tmp_path / "mlflow")
+    server = mlflow_http  # the session's shared server (conftest): any HTTP server both nodes reach
     try:
         cluster.start()
         # (Ray's GCS listens on every interface whatever --node-ip-address says: token auth guards it)
         nodes = cluster.node_ids()
         assert len(nodes) == 2
-        server.start()
         assert listening_addresses(server.port) == {"127.0.0.1"}
         yaml = sweep_yaml(tmp_path / "two_nodes.yaml", name="two_nodes", uri=server.uri, storage=tmp_path / "runs",
                           grid="  seed: [0]\n  method.cost: [none, circumplex]")
@@ -322,6 +323,5 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
         assert sorted(r.data.tags["affsweep.node_id"] for r in runs) == sorted(nodes)
         assert sorted(r.data.tags["affsweep.trial_id"] for r in runs) == sorted(table["trial_id"])
     finally:
-        server.stop()
         cluster.stop()
     assert not processes_of(str(cluster.temp_dir)) and not listening_addresses(cluster.port)

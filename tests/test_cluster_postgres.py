@@ -114,12 +114,12 @@ def test_sweep_against_mlflow_on_postgresql_logs_everything_exactly_once(tmp_pat
         assert listening_addresses(db.port) == {"127.0.0.1"}
         server.start(env={"PGPASSWORD": db.password}, timeout=240)
         yaml = sweep_yaml(tmp_path / "pg.yaml", name="pg", uri=server.uri, storage=tmp_path / "runs",
-                          grid="  seed: [0, 1]\n  method.cost: [none, circumplex]", epochs=2)
+                          grid="  seed: [0]\n  method.cost: [none, circumplex]", epochs=2)
         plan = load_sweep(yaml)
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AIR_NEW_OUTPUT": "0",
                "AFFSWEEP_TEST_SECRET": canary, "AWS_SECRET_ACCESS_KEY": canary}
         env.pop("RAY_ADDRESS", None)
-        # 2 trials at once (2 CPUs, 1 each), each writing to the one server over HTTP
+        # both trials at once (2 CPUs, 1 each), each writing to the one server over HTTP
         run = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(yaml)], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=480)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -131,15 +131,15 @@ def test_sweep_against_mlflow_on_postgresql_logs_everything_exactly_once(tmp_pat
         trial_runs = db.query("SELECT value FROM tags WHERE key = 'affsweep.trial_id'")
         assert sorted(v for (v,) in trial_runs) == ids
         kinds = dict(db.query("SELECT value, count(*) FROM tags WHERE key = 'affsweep.kind' GROUP BY value"))
-        assert kinds == {"sweep": 1, "trial": 4, "summary": 2}
-        assert db.query("SELECT count(*) FROM runs")[0][0] == 7
+        assert kinds == {"sweep": 1, "trial": 2, "summary": 2}
+        assert db.query("SELECT count(*) FROM runs")[0][0] == 5
         # ... every trial has each epoch's metrics once, and no metric value arrived twice
         per_epoch = db.query("""SELECT t.value, m.step FROM metrics m JOIN tags t ON t.run_uuid = m.run_uuid
                                 WHERE t.key = 'affsweep.trial_id' AND m.key = 'epoch' ORDER BY 1, 2""")
         assert per_epoch == [(i, s) for i in ids for s in (1, 2)]
         dup = db.query("SELECT run_uuid, key, step, count(*) FROM metrics GROUP BY 1, 2, 3 HAVING count(*) > 1")
         assert dup == []
-        assert db.query("SELECT count(*) FROM latest_metrics WHERE key = 'p_mtl'")[0][0] >= 4
+        assert db.query("SELECT count(*) FROM latest_metrics WHERE key = 'p_mtl'")[0][0] >= 2
         # environment variables (and the database password) are never logged
         logged = db.query("SELECT value FROM params UNION ALL SELECT value FROM tags")
         assert logged and not [v for (v,) in logged if v and (canary in v or db.password in v)]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import stop_ray_local
 from test_cluster_multinode import REPO, _processes, free_ports, kill_all, listening_addresses, sweep_yaml
 
 from orchestrator.expand import load_sweep
@@ -175,7 +176,7 @@ def test_ray_up_submit_down_on_a_workstation_over_ssh(tmp_path):
         assert "${AFFSWEEP" not in config.read_text()
 
         yaml = sweep_yaml(tmp_path / "ws.yaml", name="ws", uri="local", storage=tmp_path / "runs",
-                          grid="  seed: [0, 1]\n  method.cost: [none, circumplex]", epochs=1, retries=0)
+                          grid="  seed: [0]\n  method.cost: [none, circumplex]", epochs=1, retries=0)
         plan = load_sweep(yaml)
         env = {**os.environ, "HOME": str(local_home), "PATH": f"{bindir}:{VENV_BIN}:{os.environ['PATH']}",
                "RAY_USAGE_STATS_ENABLED": "0"}
@@ -189,6 +190,7 @@ def test_ray_up_submit_down_on_a_workstation_over_ssh(tmp_path):
             assert done.returncode == 0, f"ray {' '.join(args)} exited {done.returncode}:\n{out[-6000:]}"
             return out
 
+        stop_ray_local()  # the cluster file's `ray stop` would kill this process's Ray (conftest's ray_local)
         ray("up", "-y", "--no-config-cache", "-n", cluster, str(config), timeout=600)
         bashrc = (server.remote_home / ".bashrc").read_text()
         assert f"source {REPO}/.venv/bin/activate;" in bashrc  # the remote shell's python is the venv's
@@ -199,7 +201,7 @@ def test_ray_up_submit_down_on_a_workstation_over_ssh(tmp_path):
         assert sorted(table["trial_id"]) == sorted(t.trial_id for t in plan.trials), out[-4000:]  # each exactly once
         assert set(table["status"]) == {"done"}
         assert (sweep_dir / "report.html").is_file() and (sweep_dir / "report.md").is_file()
-        assert "4/4 trials done" in out
+        assert "2/2 trials done" in out
         ray("down", "-y", "-n", cluster, str(config), timeout=600)
     finally:
         for _ in range(5):  # whatever of ours is left: Ray's processes, ssh control masters, sshd's sessions

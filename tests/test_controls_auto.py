@@ -5,9 +5,6 @@ preflight checks of a cost's source."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -332,20 +329,19 @@ grid:
 controls: auto
 resources: {{cpu: 1}}
 failure: {{max_retries: 0}}
-tracking: {{uri: local, experiment: controls-e2e}}
+tracking: {{uri: {uri}, experiment: controls-e2e}}
 storage: {storage}
 """
 
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_affsweep_run_of_a_controls_auto_sweep(tmp_path):
+def test_affsweep_run_of_a_controls_auto_sweep(tmp_path, ray_local, mlflow_http, monkeypatch, capsys):
+    """``affsweep run`` in this process, on the session's Ray and MLflow server (conftest)."""
+    monkeypatch.chdir(REPO)  # the cost file's path is relative to the clone, as in a user's run
     path = tmp_path / "tiny.yaml"
-    path.write_text(TINY.format(file=FILE, storage=tmp_path / "runs"))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    run = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(path)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=1500)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    path.write_text(TINY.format(file=FILE, storage=tmp_path / "runs", uri=mlflow_http.uri))
+    assert cli_main(["run", str(path)]) == 0, capsys.readouterr().out[-3000:]
     plan = load_sweep(path)
     sweep_dir = plan.spec.sweep_dir()
     results = pd.read_parquet(sweep_dir / "results.parquet")

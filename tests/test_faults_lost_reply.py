@@ -165,10 +165,10 @@ def has_tag(key: str, value: str):
 
 # --- fixtures ---------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with tracking.LocalMlflowServer(tmp_path_factory.mktemp("mlflow")) as s:
-        yield s
+@pytest.fixture
+def server(mlflow_http):
+    """The session's ``mlflow server`` (conftest); each test writes to experiments of its own."""
+    return mlflow_http
 
 
 @pytest.fixture
@@ -218,7 +218,7 @@ def test_the_store_drops_a_repeated_metric_but_keeps_a_new_timestamp(server):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(server.uri)
-    run_id = client.create_run(client.create_experiment("dedup")).info.run_id
+    run_id = client.create_run(client.create_experiment(f"dedup-{next(_experiments)}")).info.run_id
     batch = [Metric("a", 0.5, 1000, 1), Metric("nan", float("nan"), 1000, 1)]
     client.log_batch(run_id, metrics=batch)
     client.log_batch(run_id, metrics=batch)  # the same write again: dropped by the store

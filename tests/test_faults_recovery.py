@@ -206,8 +206,8 @@ def test_mlflow_outage_mid_sweep_loses_nothing(tmp_path, cluster, server):
 @pytest.mark.timeout(480)
 def test_nan_loss_fails_the_trial_once_with_its_reason(tmp_path, cluster, server):
     yaml = sweep_yaml(tmp_path / "nan.yaml", name="nan", uri=server.uri, storage=tmp_path / "runs",
-                      grid="  seed: [0]\n  method.cost: [none, circumplex]\n  lr: [0.003, 1.0e+30]", epochs=2,
-                      retries=2, stratum="{lr: 0.003}")
+                      grid="  seed: [0]\n  method.cost: [none]\n  lr: [0.003, 1.0e+30]", epochs=2,
+                      retries=2, primary=False)
     plan = load_sweep(yaml)
     sweep_dir = plan.spec.sweep_dir()
     rc, out = affsweep_run(yaml, cluster.address, cluster.env, timeout=400)

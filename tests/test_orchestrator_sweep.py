@@ -1,9 +1,9 @@
 """Sweeps through Ray Tune end to end: retries, failures, resume without waste, MLflow bookkeeping.
 
 Tiny trials (test_resnet, 300 synthetic frames at 24 px, 2 epochs) on a 2-CPU local Ray. The
-``ci`` test shares one Ray session and one ``LocalMlflowServer`` (the class ``tracking.uri: local``
-uses) between its steps; the slower CLI test runs ``affsweep run`` as a user does, with
-``tracking.uri: local``, and interrupts it.
+``ci`` test runs its steps on the session's Ray and ``LocalMlflowServer`` (the class
+``tracking.uri: local`` uses; ``ray_local`` and ``mlflow_http`` in conftest); the slower CLI test
+runs ``affsweep run`` as a user does, with ``tracking.uri: local``, and interrupts it.
 """
 
 from __future__ import annotations
@@ -52,35 +52,15 @@ storage: {storage}
 """
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """The server `tracking.uri: local` starts, shared by the steps of the ci test."""
-    server = tracking.LocalMlflowServer(tmp_path_factory.mktemp("mlflow"))
-    with server:
-        assert listening_addresses(server.port) == {"127.0.0.1"}  # never beyond this machine
-        pgid = server.proc.pid
-        yield server
-    assert server.proc is None and listening_addresses(server.port) == set()
-    with pytest.raises(ProcessLookupError):  # the CLI and its uvicorn worker are gone
-        os.killpg(pgid, 0)
-
-
 def trial_runs(client, experiment_id: str) -> list:
     return [r for r in client.search_runs([experiment_id], "", max_results=1000)]
 
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_sweep_retries_fails_resumes_and_never_duplicates(tmp_path, ray_session, mlflow_server, monkeypatch):
+def test_sweep_retries_fails_resumes_and_never_duplicates(tmp_path, ray_local, mlflow_http, monkeypatch):
+    mlflow_server = mlflow_http  # the session's server, as `tracking.uri: local` starts it
+    assert listening_addresses(mlflow_server.port) == {"127.0.0.1"}  # never beyond this machine
     monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
     path = tmp_path / "e2e.yaml"

@@ -102,71 +102,62 @@ def test_the_live_view_counts_a_packs_members_as_trials():
 TIMES = {"train_seconds", "images_per_second"}  # wall clock: the only columns that may differ
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 @pytest.mark.ci
-def test_a_packed_sweep_gives_each_trial_what_the_unpacked_sweep_gives(tmp_path, ray_session, monkeypatch):
+def test_a_packed_sweep_gives_each_trial_what_the_unpacked_sweep_gives(tmp_path, ray_local, mlflow_http,
+                                                                       monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
     from orchestrator.driver import run_sweep
 
     monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
-    with tracking.LocalMlflowServer(tmp_path / "mlflow") as server:
-        plans = {kind: load_sweep(write(tmp_path, f"{kind}.yaml", uri=server.uri, experiment=kind,
-                                        storage=tmp_path / kind, pack="pack: 4" if kind == "packed" else ""))
-                 for kind in ("unpacked", "packed")}
-        ids = [t.trial_id for t in plans["packed"].trials]
-        assert ids == [t.trial_id for t in plans["unpacked"].trials] and len(ids) == 4
-        said: list[str] = []
-        out = run_sweep(plans["unpacked"], plans["unpacked"].spec.sweep_dir(), analyze=False, say=said.append)
-        assert out.exit_code == 0 and sorted(out.done) == sorted(ids)
-        # the packed run: one Ray trial for the four seeds; one member fails after its first epoch
-        # -> its pack is retried, the three finished members are skipped, it resumes from epoch 1
-        flaky = ids[2]
-        monkeypatch.setenv("AFFSWEEP_FAIL_TRIALS", f"{flaky}:1")
-        said.clear()
-        out = run_sweep(plans["packed"], plans["packed"].spec.sweep_dir(), analyze=False, say=said.append)
-        assert out.exit_code == 0 and sorted(out.done) == sorted(ids) and out.failed == []
-        assert any("packed: 4 trials in 1 Ray trials of up to 4" in line for line in said)
-        assert any(f"trial {flaky} failed (InjectedFailure" in line for line in said)
+    server = mlflow_http  # the session's (conftest); an experiment per kind
+    plans = {kind: load_sweep(write(tmp_path, f"{kind}.yaml", uri=server.uri, experiment=kind,
+                                    storage=tmp_path / kind, pack="pack: 4" if kind == "packed" else ""))
+             for kind in ("unpacked", "packed")}
+    ids = [t.trial_id for t in plans["packed"].trials]
+    assert ids == [t.trial_id for t in plans["unpacked"].trials] and len(ids) == 4
+    said: list[str] = []
+    out = run_sweep(plans["unpacked"], plans["unpacked"].spec.sweep_dir(), analyze=False, say=said.append)
+    assert out.exit_code == 0 and sorted(out.done) == sorted(ids)
+    # the packed run: one Ray trial for the four seeds; one member fails after its first epoch
+    # -> its pack is retried, the three finished members are skipped, it resumes from epoch 1
+    flaky = ids[2]
+    monkeypatch.setenv("AFFSWEEP_FAIL_TRIALS", f"{flaky}:1")
+    said.clear()
+    out = run_sweep(plans["packed"], plans["packed"].spec.sweep_dir(), analyze=False, say=said.append)
+    assert out.exit_code == 0 and sorted(out.done) == sorted(ids) and out.failed == []
+    assert any("packed: 4 trials in 1 Ray trials of up to 4" in line for line in said)
+    assert any(f"trial {flaky} failed (InjectedFailure" in line for line in said)
 
-        tables = {k: pd.read_parquet(p.spec.sweep_dir() / "results.parquet") for k, p in plans.items()}
-        for kind, table in tables.items():
-            assert list(table["trial_id"]) == ids and list(table["status"]) == ["done"] * 4, kind  # once each
-        keep = [c for c in tables["unpacked"].columns if c not in TIMES | {"node_id", "hostname", "error"}]
-        assert list(tables["packed"].columns) == list(tables["unpacked"].columns)
-        pd.testing.assert_frame_equal(tables["packed"][keep], tables["unpacked"][keep])
-        assert tables["packed"]["p_mtl"].nunique() == 4  # four trials, not one four times
+    tables = {k: pd.read_parquet(p.spec.sweep_dir() / "results.parquet") for k, p in plans.items()}
+    for kind, table in tables.items():
+        assert list(table["trial_id"]) == ids and list(table["status"]) == ["done"] * 4, kind  # once each
+    keep = [c for c in tables["unpacked"].columns if c not in TIMES | {"node_id", "hostname", "error"}]
+    assert list(tables["packed"].columns) == list(tables["unpacked"].columns)
+    pd.testing.assert_frame_equal(tables["packed"][keep], tables["unpacked"][keep])
+    assert tables["packed"]["p_mtl"].nunique() == 4  # four trials, not one four times
 
-        packed_dir = plans["packed"].spec.sweep_dir()
-        state = record.read_state(record.trial_dir(packed_dir, flaky))
-        assert state["status"] == "done" and state["attempt"] == 2 and state["first_epoch"] == 2
-        for tid in set(ids) - {flaky}:  # finished in the first attempt, skipped by the retry
-            assert record.read_state(record.trial_dir(packed_dir, tid))["attempt"] == 1
+    packed_dir = plans["packed"].spec.sweep_dir()
+    state = record.read_state(record.trial_dir(packed_dir, flaky))
+    assert state["status"] == "done" and state["attempt"] == 2 and state["first_epoch"] == 2
+    for tid in set(ids) - {flaky}:  # finished in the first attempt, skipped by the retry
+        assert record.read_state(record.trial_dir(packed_dir, tid))["attempt"] == 1
 
-        client = MlflowClient(server.uri)
-        for kind in plans:
-            exp = client.get_experiment_by_name(kind)
-            runs = client.search_runs([exp.experiment_id], "", max_results=1000)
-            assert Counter(r.data.tags["affsweep.kind"] for r in runs) == {"sweep": 1, "trial": 4, "summary": 1}
-            trial_runs = {r.data.tags["affsweep.trial_id"]: r for r in runs if r.data.tags["affsweep.kind"] == "trial"}
-            assert sorted(trial_runs) == sorted(ids)  # one run per trial
-            for tid, run in trial_runs.items():
-                assert run.info.status == "FINISHED" and run.data.tags["affsweep.status"] == "done"
-                # every epoch exactly once, the retried member's included
-                assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2]
-                row = tables[kind].set_index("trial_id").loc[tid]
-                assert run.data.metrics["p_mtl"] == pytest.approx(row["p_mtl"], rel=0, abs=1e-12)
-            (summary,) = [r for r in runs if r.data.tags["affsweep.kind"] == "summary"]
-            assert summary.data.metrics["p_mtl/n"] == 4
-            assert summary.data.metrics["p_mtl/mean"] == pytest.approx(tables["unpacked"]["p_mtl"].mean())
+    client = MlflowClient(server.uri)
+    for kind in plans:
+        exp = client.get_experiment_by_name(kind)
+        runs = client.search_runs([exp.experiment_id], "", max_results=1000)
+        assert Counter(r.data.tags["affsweep.kind"] for r in runs) == {"sweep": 1, "trial": 4, "summary": 1}
+        trial_runs = {r.data.tags["affsweep.trial_id"]: r for r in runs if r.data.tags["affsweep.kind"] == "trial"}
+        assert sorted(trial_runs) == sorted(ids)  # one run per trial
+        for tid, run in trial_runs.items():
+            assert run.info.status == "FINISHED" and run.data.tags["affsweep.status"] == "done"
+            # every epoch exactly once, the retried member's included
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2]
+            row = tables[kind].set_index("trial_id").loc[tid]
+            assert run.data.metrics["p_mtl"] == pytest.approx(row["p_mtl"], rel=0, abs=1e-12)
+        (summary,) = [r for r in runs if r.data.tags["affsweep.kind"] == "summary"]
+        assert summary.data.metrics["p_mtl/n"] == 4
+        assert summary.data.metrics["p_mtl/mean"] == pytest.approx(tables["unpacked"]["p_mtl"].mean())

@@ -257,36 +257,30 @@ storage: {storage}
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_until_decided_end_to_end(tmp_path, monkeypatch):
+def test_until_decided_end_to_end(tmp_path, ray_local, mlflow_http, monkeypatch):
     """Two looks on a tiny world (2 and 3 seeds can never reject: the mechanics, not a finding):
     look 1 runs seeds 2 and 0, look 2 adds seed 1, one MLflow parent run, the report says look 2."""
-    import ray
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
     from orchestrator.driver import run_sweep
 
     monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        with tracking.LocalMlflowServer(tmp_path / "mlflow") as server:
-            path = tmp_path / "until.yaml"
-            path.write_text(E2E.format(uri=server.uri, storage=tmp_path / "runs"))
-            plan = load_sweep(path)
-            sweep_dir = plan.spec.sweep_dir()
-            said: list[str] = []
-            outcome = run_until_decided(plan, sweep_dir, run_sweep, say=said.append)
-            assert outcome.exit_code == 0 and outcome.looks_run == [1, 2], said
-            assert outcome.trials_per_look == [4, 6]
-            table = pd.read_parquet(sweep_dir / "results.parquet")
-            assert sorted(table["seed"]) == [0, 0, 1, 1, 2, 2] and set(table["status"]) == {"done"}
-            payload = json.loads((sweep_dir / "analysis.json").read_text())
-            (h,) = payload["hypotheses"]
-            assert h["sequential"]["status"] == "not_rejected" and h["decided_at_look"] == 2
-            assert h["sequential"]["n"] == 3 and h["decision"].endswith("not supported at look 2 of 2 (3 seeds)")
-            info = record.read_json(sweep_dir / "mlflow.json")
-            runs = MlflowClient(server.uri).search_runs([info["experiment_id"]], "", max_results=100)
-            kinds = sorted(r.data.tags.get("affsweep.kind") for r in runs)
-            assert kinds.count("sweep") == 1 and kinds.count("trial") == 6, kinds
-    finally:
-        ray.shutdown()
+    server = mlflow_http  # the session's Ray and MLflow server (conftest)
+    path = tmp_path / "until.yaml"
+    path.write_text(E2E.format(uri=server.uri, storage=tmp_path / "runs"))
+    plan = load_sweep(path)
+    sweep_dir = plan.spec.sweep_dir()
+    said: list[str] = []
+    outcome = run_until_decided(plan, sweep_dir, run_sweep, say=said.append)
+    assert outcome.exit_code == 0 and outcome.looks_run == [1, 2], said
+    assert outcome.trials_per_look == [4, 6]
+    table = pd.read_parquet(sweep_dir / "results.parquet")
+    assert sorted(table["seed"]) == [0, 0, 1, 1, 2, 2] and set(table["status"]) == {"done"}
+    payload = json.loads((sweep_dir / "analysis.json").read_text())
+    (h,) = payload["hypotheses"]
+    assert h["sequential"]["status"] == "not_rejected" and h["decided_at_look"] == 2
+    assert h["sequential"]["n"] == 3 and h["decision"].endswith("not supported at look 2 of 2 (3 seeds)")
+    info = record.read_json(sweep_dir / "mlflow.json")
+    runs = MlflowClient(server.uri).search_runs([info["experiment_id"]], "", max_results=100)
+    kinds = sorted(r.data.tags.get("affsweep.kind") for r in runs)
+    assert kinds.count("sweep") == 1 and kinds.count("trial") == 6, kinds
