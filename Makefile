@@ -17,9 +17,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/affsweep run sweeps/demo.yaml
 
+# two test processes (pytest-xdist; a file stays in one, so its module fixtures start once), then the
+# tests that must run alone
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -m "not slow or ci" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "(not slow or ci) and not alone" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "ci and alone" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow $(PYTEST_ARGS)

@@ -153,6 +153,7 @@ def render(template: str, values: dict[str, str]) -> str:
 
 @pytest.mark.slow
 @pytest.mark.ci
+@pytest.mark.alone  # its `ray stop` stops every Ray on the machine
 @pytest.mark.timeout(1500)
 def test_ray_up_submit_down_on_a_workstation_over_ssh(tmp_path):
     sshd = sshd_and_rsync()

@@ -319,7 +319,7 @@ def fit_steps(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, di
             total, weighted = weighting(losses)
             # a NaN/inf check is a GPU sync: every step on the CPU, every few steps on CUDA
             if (not cuda or step % NAN_CHECK_EVERY == 0 or b == steps_per_epoch - 1) and not torch.isfinite(total):
-                parts = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items() if v is not None)
+                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if v is not None)
                 raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, step {step} ({parts})")
             optimizer.zero_grad(set_to_none=True)
             method.backward(total, weighted, model)
