@@ -1,12 +1,15 @@
 """Soak the fault and cluster tests: run them K times under an artificial CPU load, print the pass rate.
 
-    flock /tmp/affsweep-heavy.lock python benchmarks/soak.py -k 5 --load 2
+    flock /tmp/affsweep-heavy.lock python benchmarks/soak.py -k 5 --load 1
 
 Each round is one ``pytest`` process over the slow tests of ``tests/test_faults_*.py`` and
 ``tests/test_cluster_*.py`` (``-m slow``; the module fixtures -- Ray cluster, MLflow server -- are
 shared within a round as in CI), while ``--load`` busy-loop processes compete for the CPUs. Per-test
 outcomes come from pytest's JUnit XML; the table lists passes/K per test and the slowest run of each.
 Exit code 0 when every test passed every round. (Run it with ``PYTHONPATH`` set to the checkout.)
+
+On a 2-core machine ``--load 1`` takes one core away (a round: ~5.5 min); ``--load 2`` starves both,
+and a round then takes over 15 min.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +48,10 @@ def outcomes(junit: Path) -> dict[str, tuple[str, float]]:
     return out
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-k", "--rounds", type=int, default=5, help="rounds (K)")
@@ -52,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--round-timeout", type=float, default=3600, help="seconds one round may take")
     ap.add_argument("files", nargs="*", default=DEFAULT_FILES)
     args = ap.parse_args(argv)
+    # a `kill` of the soak ends it like Ctrl-C: the busy loops it started are stopped (finally below)
+    signal.signal(signal.SIGTERM, _interrupt)
 
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO))}
     results: dict[str, list[tuple[str, float]]] = defaultdict(list)
