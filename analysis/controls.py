@@ -1,4 +1,4 @@
-"""``controls: auto``: every structured cost of a sweep with its own controls (issue 15 §2).
+"""``controls: auto``: every structured cost of a sweep with its own controls (docs/methods.md §14).
 
 A sweep-level ``controls: auto`` (or a list, ``[permuted, uniform]``, or a mapping
 ``{against: [...], metric: M}``) does, for every ``method.cost`` the sweep writes (grid axis values,
@@ -13,11 +13,11 @@ A sweep-level ``controls: auto`` (or a list, ``[permuted, uniform]``, or a mappi
   validated — so they are declared (confirmatory), covered by the plan hash and checked by the dry
   run exactly as if written by hand:
 
-  - the primary ``S vs uniform(S)`` on ``metric`` (default ``p_mtl``, METHODS §7's score; the
+  - the primary ``S vs uniform(S)`` on ``metric`` (default ``p_mtl``, docs/methods.md §7's score; the
     study's own primary for the circumplex) — ``S vs permuted(S)`` when ``uniform`` is not among the
     controls;
   - the family ``"<S> vs controls"``: ``S`` vs each control on the error-structure metrics
-    ``error_severity`` and ``quadrant_keep`` (under the dataset's true circumplex, METHODS §6) and,
+    ``error_severity`` and ``quadrant_keep`` (under the dataset's true circumplex, docs/methods.md §6) and,
     for a source other than the circumplex (``trainers.costs.TRUE_CIRCUMPLEX_SOURCES``), also
     ``error_severity@source`` (scored under the unperturbed source for ``S`` and its controls alike):
     did errors move nearer by the user's own cost, and is that nearer in affect too?
@@ -54,7 +54,7 @@ class Controls(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     against: tuple[str, ...] = CONTROL_NAMES
-    metric: str = "p_mtl"  # the primary's metric: METHODS §7's score
+    metric: str = "p_mtl"  # the primary's metric: docs/methods.md §7's score
 
     @field_validator("against", mode="before")
     @classmethod

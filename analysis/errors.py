@@ -1,4 +1,4 @@
-"""Error-structure metrics (METHODS §6, study §3.7), always scored under the TRUE circumplex.
+"""Error-structure metrics (docs/methods.md §6, study §3.7), always scored under the TRUE circumplex.
 
 ``confusion`` is a (K, K) count matrix ``M`` with rows = true class and columns = predicted class;
 ``cost`` is the true ground cost ``C_ij = ||mu_i - mu_j||`` and ``centroids`` the (K, 2) class
@@ -50,7 +50,7 @@ def per_class_error_severity(confusion, cost) -> np.ndarray:
 def error_severity(confusion, cost) -> float:
     """Macro mean of the per-class error severity over the true classes that have errors.
 
-    Lower = errors land nearer the truth in affect space (METHODS §6). NaN when there are no errors.
+    Lower = errors land nearer the truth in affect space (docs/methods.md §6). NaN when there are no errors.
     """
     per_class = per_class_error_severity(confusion, cost)
     if np.isnan(per_class).all():
@@ -60,7 +60,7 @@ def error_severity(confusion, cost) -> float:
 
 def quadrant_preservation(confusion, centroids) -> float:
     """Fraction of the off-diagonal (error) mass ``i -> j`` whose true and predicted centroids share
-    the sign of valence AND the sign of arousal (METHODS §6). NaN when there are no errors."""
+    the sign of valence AND the sign of arousal (docs/methods.md §6). NaN when there are no errors."""
     m = _confusion(confusion)
     mu = np.asarray(centroids, dtype=float)
     if mu.shape != (m.shape[0], 2):
@@ -75,7 +75,7 @@ def quadrant_preservation(confusion, centroids) -> float:
 
 
 def affect_weighted_accuracy(confusion, cost) -> float:
-    """``AWA = 1 - sum_ij M_ij C_ij / (N * max C)`` (METHODS §6): 1 for a perfect classifier, 0 when
+    """``AWA = 1 - sum_ij M_ij C_ij / (N * max C)`` (docs/methods.md §6): 1 for a perfect classifier, 0 when
     every prediction lands at the farthest class. NaN for an empty confusion matrix."""
     m = _confusion(confusion)
     c = _cost_for(m, cost)
@@ -89,7 +89,7 @@ def affect_weighted_accuracy(confusion, cost) -> float:
 
 
 def class_isolation(cost) -> np.ndarray:
-    """``iso_k = min_{j != k} C_kj`` (METHODS §4): how far each class is from its nearest neighbour.
+    """``iso_k = min_{j != k} C_kj`` (docs/methods.md §4): how far each class is from its nearest neighbour.
 
     An undefined distance (NaN: a class without VA labels has no centroid) is left out of the
     minimum, so one such class does not make every other class's isolation NaN; a class with no

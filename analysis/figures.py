@@ -44,7 +44,7 @@ def plot_circumplex(centroids, class_names: Sequence[str], radial_se=None, degen
     """Centroids ``(K, 2)`` (valence, arousal) on the circumplex.
 
     ``radial_se`` (K,) draws a circle of radius ``1.96 * se`` around each centroid (the 95% band of
-    the bootstrap, METHODS §4); ``degenerate_pair`` ``(i, j)`` marks the co-located pair in red and
+    the bootstrap, docs/methods.md §4); ``degenerate_pair`` ``(i, j)`` marks the co-located pair in red and
     annotates their distance.
     """
     mu = np.asarray(centroids, dtype=float)

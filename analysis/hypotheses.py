@@ -6,7 +6,7 @@ the plan cannot mean anything on this grid: a selector matching no condition, a 
 none, or a contrast spanning several strata without saying which. The dry run calls it on the
 expanded grid (:func:`design_check`), the report on the results (:func:`evaluate_hypotheses`).
 
-Decision at ``alpha`` (METHODS §7): a primary is *supported* when ``p <= alpha``; a family member
+Decision at ``alpha`` (docs/methods.md §7): a primary is *supported* when ``p <= alpha``; a family member
 when its Holm-adjusted p is. A hypothesis whose smallest attainable p (zeros included,
 :func:`analysis.paired.min_attainable_pvalue`) exceeds its threshold — ``alpha`` for a primary,
 ``alpha / m`` (Holm's first step) in a family of ``m`` — *cannot be decided by this design*.

@@ -1,10 +1,10 @@
-"""Class isolation vs reachability (METHODS §7, study §6.3).
+"""Class isolation vs reachability (docs/methods.md §7, study §6.3).
 
 Spearman rho between each class's isolation ``iso_k = min_{j!=k} C_kj`` and its mean F1 change
 over seeds, with a two-sided permutation p over class labels. Several datasets are combined by
 ranking within each dataset (their ΔF1 scales differ about sixfold), pooling the centred ranks and
 permuting labels only within each dataset; the combined test is one-sided in the predicted
-direction (rho > 0) when the plan says so (METHODS §7).
+direction (rho > 0) when the plan says so (docs/methods.md §7).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The plan's ``looks:`` bound to its hypotheses: which look decided each one (issue 15 §4).
+"""The plan's ``looks:`` bound to its hypotheses: which look decided each one (docs/methods.md §16).
 
 :mod:`analysis.sequential` decides one group of hypotheses — a primary, or a Holm family — from
 paired differences in seed order. This module is what ties that to the plan:

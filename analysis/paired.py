@@ -1,4 +1,4 @@
-"""Matched-seed paired statistics (METHODS §7).
+"""Matched-seed paired statistics (docs/methods.md §7).
 
 Pure functions of arrays returning small frozen results, in the manner of ``scipy.stats``:
 
@@ -81,7 +81,7 @@ class PairedTestResult:
 
     @property
     def can_reach_alpha(self) -> bool:
-        """Whether ``n`` pairs can produce ``p <= alpha`` at all (METHODS §7)."""
+        """Whether ``n`` pairs can produce ``p <= alpha`` at all (docs/methods.md §7)."""
         return bool(self.min_pvalue <= self.alpha)
 
     @property
@@ -94,7 +94,7 @@ def min_attainable_pvalue(n: int, n_zero: int = 0, alternative: str = "two-sided
 
     Only assignments that give every non-zero difference the same sign reach the maximal
     ``|sum|``; a zero difference flips to itself, so each zero doubles their number:
-    two-sided ``2**(z+1) / 2**n``, one-sided ``2**z / 2**n`` (METHODS §7). With ``n = 6`` and no
+    two-sided ``2**(z+1) / 2**n``, one-sided ``2**z / 2**n`` (docs/methods.md §7). With ``n = 6`` and no
     zeros this is ``2/64 = 0.03125`` (the study's "0.031"); one zero among six gives ``0.0625``.
     At a dry run only ``n`` is known (``n_zero = 0``: the best case). ``n = 0`` returns NaN.
     """
@@ -204,7 +204,7 @@ def paired_permutation_test(a, b, *, alpha: float = 0.05, nan_policy: str = "rai
     -------
     PairedTestResult
         Two-sided ``p = #{s : |mean(s*d)| >= |mean(d)|} / 2**n`` over all ``s`` in {-1,+1}^n
-        (METHODS §7); one-sided ``#{s : mean(s*d) >= mean(d)} / 2**n`` (``greater``, mirrored for
+        (docs/methods.md §7); one-sided ``#{s : mean(s*d) >= mean(d)} / 2**n`` (``greater``, mirrored for
         ``less``). Equals ``scipy.stats.permutation_test(..., permutation_type="samples",
         n_resamples=np.inf, alternative=alternative)`` with the statistic ``mean(x - y)``.
         ``n = 0`` gives NaN.

@@ -1,11 +1,11 @@
-"""Matched-seed pairing of two conditions (METHODS §7).
+"""Matched-seed pairing of two conditions (docs/methods.md §7).
 
 For a contrast A vs B, a trial of A is paired with the trial of B that agrees with it on every axis
 except the contrasted one(s) and shares its seed. Whatever cannot be paired is reported, never
 dropped silently: trials without a partner, duplicated grid points, failed trials, and pairs whose
 ``data_order_hash`` disagree are listed in the :class:`Pairing` and left out of every test.
 
-``data_order_hash`` is what one seed must hold fixed across conditions (METHODS §7): the world
+``data_order_hash`` is what one seed must hold fixed across conditions (docs/methods.md §7): the world
 (dataset, its train/validation split, n, the labels as distributed) and the seed's random streams
 (initialisation, data order, augmentation) — ``trainers.data.pipeline.matched_seed_hash``. What a
 condition changes by design (its own sampler, e.g. natural sampling; injected label noise) does not

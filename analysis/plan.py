@@ -1,4 +1,4 @@
-"""The sweep YAML's ``analysis:`` block: which hypotheses are confirmed, and how (METHODS §7).
+"""The sweep YAML's ``analysis:`` block: which hypotheses are confirmed, and how (docs/methods.md §7).
 
 A *selector* picks a condition by axis values, with dotted keys as in the grid
 (``{"method.cost": "circumplex"}``; a nested mapping ``{"method": {"cost": "circumplex"}}`` is
@@ -199,7 +199,7 @@ def _entries(value, where: str) -> list:
 
 
 class AnalysisPlan(BaseModel):
-    """Validated ``analysis:`` block of a sweep YAML (DESIGN "Sweep YAML", METHODS §7)."""
+    """Validated ``analysis:`` block of a sweep YAML (docs/design.md §4, docs/methods.md §7)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -210,9 +210,9 @@ class AnalysisPlan(BaseModel):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     n_resamples: int = Field(default=10_000, ge=1)
     seed: int = 0
-    # study §6.3 / METHODS §7: the combined class-isolation test is one-sided (rho > 0)
+    # study §6.3 / docs/methods.md §7: the combined class-isolation test is one-sided (rho > 0)
     isolation_direction: Direction = "greater"
-    # a group-sequential design (issue 15 §4): seed counts at which the hypotheses are looked at
+    # a group-sequential design (docs/methods.md §16): seed counts at which the hypotheses are looked at
     looks: list[int] | None = None
     spending: Spending = "obrien_fleming"
 

@@ -1,15 +1,15 @@
-"""How many matched seeds a hypothesis needs (issue 15 §3): attainability and power from a pilot.
+"""How many matched seeds a hypothesis needs (docs/methods.md §15): attainability and power from a pilot.
 
 Pure functions returning frozen results, in the manner of ``analysis.paired``:
 
 - :func:`smallest_pvalue` — the floor of the exact sign-flip test with ``n`` pairs, ``z`` of them
-  zero: ``2 * 2**z / 2**n`` two-sided (METHODS §7), half that one-sided;
+  zero: ``2 * 2**z / 2**n`` two-sided (docs/methods.md §7), half that one-sided;
 - :func:`seeds_needed` — the fewest seeds at which a hypothesis's threshold (α for a primary, α/m for
   Holm's first step in a family of m) is attainable at all;
 - :func:`power_from_pilot` — the power of the exact sign-flip test at several seed counts, estimated
   from a pilot's paired differences, with its uncertainty, and the smallest ``n`` reaching a target.
 
-The test simulated is METHODS §7's exact test itself (every sign assignment enumerated, by
+The test simulated is docs/methods.md §7's exact test itself (every sign assignment enumerated, by
 :func:`analysis.signflip.signflip_pvalues`), not a normal approximation to it.
 """
 
@@ -35,7 +35,7 @@ _MAX_EFFECT = 50.0
 def smallest_pvalue(n: int, alternative: str = "two-sided", zeros: int = 0) -> float:
     """Smallest p-value the exact sign-flip test can give with ``n`` pairs, ``zeros`` of them zero.
 
-    Two-sided ``2 * 2**zeros / 2**n`` (METHODS §7: only the observed assignment of the non-zero
+    Two-sided ``2 * 2**zeros / 2**n`` (docs/methods.md §7: only the observed assignment of the non-zero
     differences and its mirror image reach the maximal ``|sum|``; n = 6 gives 2/64 = 0.03125, one
     zero in six 0.0625), which is ``paired.min_attainable_pvalue(n - zeros)``; one-sided half that.
     All differences zero gives 1.

@@ -8,7 +8,7 @@ Sources, in the order :func:`load_sweep` tries them:
 - an MLflow tracking URI plus a sweep name: the trial runs are found by their tags
   (``affsweep.sweep``, ``affsweep.kind=trial``) with ``MlflowClient.search_runs``.
 
-Columns follow the results contract (DESIGN "One trial"): bookkeeping (``trial_id, sweep, seed,
+Columns follow the results contract (docs/design.md §2): bookkeeping (``trial_id, sweep, seed,
 status, data_order_hash``), one column per grid axis named by its dotted key, and metrics.
 """
 

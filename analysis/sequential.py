@@ -1,4 +1,4 @@
-"""Group-sequential design for the exact paired sign-flip test (issue 15 §4): seeds added only where
+"""Group-sequential design for the exact paired sign-flip test (docs/methods.md §16): seeds added only where
 a hypothesis is still undecided.
 
 A design (:func:`plan_looks`) fixes the looks — seed counts ``n_1 < ... < n_K`` — and an

@@ -11,7 +11,7 @@ statistic across looks. This module is the one owner of that enumeration:
 - :func:`signflip_pvalues` — the exact p-value of every row, two- or one-sided.
 
 Under H0 (paired differences symmetric about 0, independently over seeds) the signs are iid ±1
-given the magnitudes, so every sign assignment of the magnitudes is equally likely; METHODS §7's
+given the magnitudes, so every sign assignment of the magnitudes is equally likely; docs/methods.md §7's
 ``p = #{s : |sum(s*d)| >= |sum(d)|} / 2**n`` is the fraction of them at least as extreme. The sum
 and the mean give the same test (``n`` is fixed), so this module works with sums.
 """
@@ -120,7 +120,7 @@ def count_pairs_at_least(left, right, threshold, alternative: str = "two-sided",
 def signflip_pvalues(diffs, alternative: str = "two-sided") -> np.ndarray:
     """Exact sign-flip p-value of each row of ``diffs`` (shape (B, n)), enumerating all 2**n signs.
 
-    Two-sided it is METHODS §7's ``#{s : |sum(s*d)| >= |sum(d)|} / 2**n`` and equals
+    Two-sided it is docs/methods.md §7's ``#{s : |sum(s*d)| >= |sum(d)|} / 2**n`` and equals
     :func:`analysis.paired.paired_permutation_test` row by row; ``"greater"`` counts
     ``sum(s*d) >= sum(d)`` (small when the differences are positive), ``"less"`` the mirror image.
     Zeros in ``d`` are handled exactly (a zero does not change under a flip). Meet in the middle:

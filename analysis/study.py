@@ -16,7 +16,7 @@ What is compared:
 - the circumplex against the uniform cost on the error-structure metrics in the study's sign
   (circumplex − uniform, Table XI) when the sweep has both;
 - class isolation vs ΔF1 (§6.3): per dataset two-sided; combined within-dataset ranks, in the
-  plan's ``isolation_direction`` (METHODS: one-sided, rho > 0).
+  plan's ``isolation_direction`` (docs/methods.md: one-sided, rho > 0).
 """
 
 from __future__ import annotations
@@ -387,7 +387,7 @@ def _isolation(result: ContrastResult | None, circumplexes, plan: AnalysisPlan):
         test = spearman_permutation_test(iso, deltas, n_resamples=plan.n_resamples, seed=plan.seed)
         rows.append(IsolationResult(stratum, names, tuple(map(float, iso)), tuple(map(float, deltas)), test))
     combined = None
-    if len(rows) > 1:  # ranks within each dataset: the datasets' ΔF1 scales differ (METHODS §7)
+    if len(rows) > 1:  # ranks within each dataset: the datasets' ΔF1 scales differ (docs/methods.md §7)
         iso = np.concatenate([r.isolation for r in rows])
         delta = np.concatenate([r.delta_f1 for r in rows])
         groups = np.concatenate([[i] * len(r.isolation) for i, r in enumerate(rows)])
@@ -433,7 +433,7 @@ def _confusions(sweep: SweepResults, treatment: ContrastResult | None,
 
 
 def _representative_strata(by_stratum: dict[Items, tuple]) -> list[tuple[Items, tuple]]:
-    """One stratum per dataset for the illustrative figures: lambda = 1 (the METHODS default) when
+    """One stratum per dataset for the illustrative figures: lambda = 1 (the default) when
     lambda is a stratum axis, else the first in order."""
     chosen: dict[Items, tuple[Items, tuple]] = {}
     for stratum, pairs in sorted(by_stratum.items(), key=lambda kv: tuple(sort_key(v) for _, v in kv[0])):

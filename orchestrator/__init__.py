@@ -1,4 +1,4 @@
-"""Sweep YAML -> Ray Tune grid -> the shared trainer -> MLflow -> analysis (DESIGN "Sweep YAML", "CLI",
+"""Sweep YAML -> Ray Tune grid -> the shared trainer -> MLflow -> analysis (docs/design.md §4, §6,
 "Tracking").
 
 - ``spec``: the sweep YAML as a validated pydantic model; one-line errors with file:line

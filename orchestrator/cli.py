@@ -1,4 +1,4 @@
-"""The ``affsweep`` command line (DESIGN "CLI"). ``python -m orchestrator`` is the same."""
+"""The ``affsweep`` command line (docs/design.md §6). ``python -m orchestrator`` is the same."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Grid points -> fully resolved TrialConfigs, in a deterministic order (DESIGN "One trial").
+"""Grid points -> fully resolved TrialConfigs, in a deterministic order (docs/design.md §2).
 
 Order: the Cartesian product of the grid in the YAML's key order (the last key varies fastest),
 minus ``exclude``, then the ``include`` points; points that resolve to the same TrialConfig (same
@@ -188,7 +188,7 @@ def _grid_item(src: YamlSource, key: str, value: Any) -> str | None:
 
 
 def _check_analysis(plan: SweepPlan) -> None:
-    """The analysis plan must mean something on this grid (METHODS §7), checked before anything runs:
+    """The analysis plan must mean something on this grid (docs/methods.md §7), checked before anything runs:
     every selector names an axis and a value some trial has, every metric is one the trainer writes,
     and every hypothesis binds to matched pairs in exactly one stratum (analysis.hypotheses.resolve).
     Stores the design check (paired seeds, attainable p, reachability) on the plan."""

@@ -1,4 +1,4 @@
-"""``affsweep plan SWEEP.yaml [--pilot DIR]``: how many seeds the declared hypotheses need (issue 15 §3).
+"""``affsweep plan SWEEP.yaml [--pilot DIR]``: how many seeds the declared hypotheses need (docs/methods.md §15).
 
 Before any GPU-hour is spent it prints, per declared hypothesis and per family, the fewest matched
 seeds at which its threshold is attainable at all under the exact paired sign-flip test

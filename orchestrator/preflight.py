@@ -285,14 +285,14 @@ _CIRCUMPLEX_COSTS = ("circumplex",)  # sources (permuted/uniform are the circump
 
 def _check_method(cfg: TrialConfig, labels: tuple[bool, bool]) -> None:
     from trainers.costs import cost_key, cost_pair
-    from trainers.methods import METHODS
+    from trainers.methods import METHOD_REGISTRY
 
     has_va, has_au = labels
     m, ds = cfg.method, cfg.dataset
     what = f"dataset {ds.name!r}" + (f" (preset {ds.preset})" if ds.name == "synthetic" else "") + (
         f" with drop_tasks {ds.drop_tasks}" if ds.drop_tasks else "")
     have = {"va": has_va, "au": has_au}
-    for task in METHODS[m.name].needs_labels:
+    for task in METHOD_REGISTRY[m.name].needs_labels:
         if not have.get(task, True):
             raise Problem("method.name", f"method {m.name!r} needs {task.upper()} labels on the training split; "
                                          f"{what} has none")

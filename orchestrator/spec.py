@@ -1,4 +1,4 @@
-"""The sweep YAML as a typed, validated spec (DESIGN "Sweep YAML").
+"""The sweep YAML as a typed, validated spec (docs/design.md §4).
 
 ```yaml
 name: demo                          # the sweep directory is <storage>/<name>/
@@ -253,7 +253,7 @@ def check_dotted_key(key: str, src: YamlSource, path: str) -> None:
     """Raise ConfigError unless ``key`` names a TrialConfig field (or a method option, or a key under a
     free-form mapping such as ``backbone.kwargs``). Values are checked later, per expanded config."""
     from trainers.config import MethodConfig
-    from trainers.methods import METHODS
+    from trainers.methods import METHOD_REGISTRY
 
     model: type[BaseModel] | None = TrialConfig
     parts = key.split(".")
@@ -269,7 +269,7 @@ def check_dotted_key(key: str, src: YamlSource, path: str) -> None:
                                       f"no key {'.'.join(parts[i + 1:])!r} below it")
             continue
         if model is MethodConfig:  # extra keys are method options; the config checks them per method
-            options = {opt for cls in METHODS.values() for opt in cls.defaults}
+            options = {opt for cls in METHOD_REGISTRY.values() for opt in cls.defaults}
             if part in options and i == len(parts) - 1:
                 return
             raise src.error(path, unknown_message(part, [*fields, *sorted(options)]))

@@ -1,6 +1,6 @@
 """``affsweep run SWEEP.yaml --until-decided``: seeds added only where a hypothesis is undecided.
 
-With ``analysis.looks: [n1, n2, ...]`` the sweep runs look by look (issue 15 §4):
+With ``analysis.looks: [n1, n2, ...]`` the sweep runs look by look (docs/methods.md §16):
 
 1. look 1 runs the whole grid on the first ``n1`` seeds of ``grid.seed`` (the order written);
 2. the looks are replayed on the finished trials (:func:`analysis.looks.sequential_state`, the exact

@@ -22,7 +22,7 @@ AU = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24",
 ABAW_EXPR_HEADER = "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other"
 AFFECTNET_HEADER = ("subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,"
                     "expression,valence,arousal")
-# RAF-DB 1..7 -> AffectNet order, by class name (METHODS §1), written out independently of labels.py
+# RAF-DB 1..7 -> AffectNet order, by class name (docs/methods.md §1), written out independently of labels.py
 RAF_NAMES = ("Surprise", "Fear", "Disgust", "Happy", "Sad", "Anger", "Neutral")
 AFFECTNET_NAMES = ("Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt")
 COLUMNS = ("path", "valence", "arousal", "expr", *AU, "group", "frame")

@@ -1,4 +1,4 @@
-"""Error-structure metrics (METHODS §6) against arithmetic done by hand."""
+"""Error-structure metrics (docs/methods.md §6) against arithmetic done by hand."""
 
 import numpy as np
 import pytest

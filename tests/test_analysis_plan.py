@@ -47,7 +47,7 @@ def test_defaults():
     plan = AnalysisPlan()
     assert plan.exploratory == list(DEFAULT_METRICS) == ["p_mtl", "expr_f1", "error_severity", "quadrant_keep"]
     assert plan.baseline is None and plan.hypotheses() == () and plan.families == {}
-    assert plan.isolation_direction == "greater"  # METHODS §7: the combined isolation test is one-sided
+    assert plan.isolation_direction == "greater"  # docs/methods.md §7: the combined isolation test is one-sided
 
 
 def test_nested_selectors_flatten_to_dotted_keys():

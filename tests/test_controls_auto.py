@@ -1,4 +1,4 @@
-"""``controls: auto`` (issue 15 §2): every structured cost with its own permuted and uniform controls,
+"""``controls: auto`` (docs/methods.md §14): every structured cost with its own permuted and uniform controls,
 their hypotheses declared in the plan, selectors on ``{source, control}`` cost values, and the
 preflight checks of a cost's source."""
 

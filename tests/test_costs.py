@@ -1,4 +1,4 @@
-"""A cost is a source and a control (trainers/costs.py, issue 15 §1)."""
+"""A cost is a source and a control (trainers/costs.py, docs/methods.md §13)."""
 
 import json
 import subprocess

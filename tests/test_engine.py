@@ -28,7 +28,7 @@ def test_base_recipe_learns_above_chance(tiny_trial, tmp_path):
     """A few epochs of the base recipe on affwild2_like beat image-blind predictors by a clear margin."""
     from trainers.engine import prepare_data
 
-    # the short-run departures the synthetic sweeps declare (sweeps/demo.yaml); METHODS' EMA decay
+    # the short-run departures the synthetic sweeps declare (sweeps/demo.yaml); the recipe's EMA decay
     # 0.999 from step 1 keeps ~85% of the initial weights after the ~150 steps of this trial
     cfg = tiny_trial(dataset={"n": 2500, "image_size": 48}, epochs=5, batch_size=64, lr=3e-3, ema_warmup=True)
     m = fit(cfg, tmp_path / "t", progress=False).metrics
@@ -97,7 +97,7 @@ def test_trial_directory_contract(tiny_trial, tmp_path):
     cfg = tiny_trial(epochs=1, method={"cost": "permuted"})
     fit(cfg, tmp_path, progress=False, sweep="s", axes={"method.cost": "permuted"})
     result = json.loads((tmp_path / "result.json").read_text())
-    # the whole result row in its one write (DESIGN "One trial"): head, axes, then the metrics
+    # the whole result row in its one write (docs/design.md §2): head, axes, then the metrics
     assert list(result)[:5] == ["trial_id", "sweep", "seed", "status", "method.cost"]
     assert (result["sweep"], result["seed"], result["method.cost"]) == ("s", cfg.seed, "permuted")
     for key in ("trial_id", "seed", "status", "p_mtl", "va_ccc", "va_ccc_v", "va_ccc_a", "expr_f1", "au_f1",

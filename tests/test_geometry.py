@@ -1,4 +1,4 @@
-"""Circumplex geometry and cost variants (METHODS §4-§5, §7) against independent oracles."""
+"""Circumplex geometry and cost variants (docs/methods.md §4-§5, §7) against independent oracles."""
 
 import json
 import time
@@ -184,7 +184,7 @@ def test_bootstrap_is_fast_and_seeded():
     assert a.n_joint == 5000 and a.n_resamples == 1000
 
 
-# --- representational similarity (METHODS §7) -----------------------------------------------------
+# --- representational similarity (docs/methods.md §7) -----------------------------------------------------
 
 def test_rsa_is_one_for_prototypes_monotone_in_cost():
     rng = np.random.default_rng(6)

@@ -1,4 +1,4 @@
-"""Ada-DF (METHODS §10): ramps, threshold rows, mining, normalisation, rank regularisation, the fused
+"""Ada-DF (docs/methods.md §10): ramps, threshold rows, mining, normalisation, rank regularisation, the fused
 KL objective by hand, and the two-branch network (auxiliary branch train-only)."""
 
 import contextlib

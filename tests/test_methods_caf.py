@@ -1,4 +1,4 @@
-"""CAF (METHODS §12): Otsu against scikit-image, the strong/weak split, L_AV, the critic loss and margin by
+"""CAF (docs/methods.md §12): Otsu against scikit-image, the strong/weak split, L_AV, the critic loss and margin by
 hand, and the three-step update with a train-only critic."""
 
 import math

@@ -1,4 +1,4 @@
-"""Dual-domain affect fusion (METHODS §9): mixed labels against hand values and scikit-learn's GMM."""
+"""Dual-domain affect fusion (docs/methods.md §9): mixed labels against hand values and scikit-learn's GMM."""
 
 import math
 

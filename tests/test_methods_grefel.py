@@ -1,4 +1,4 @@
-"""GReFEL reliability balancing (METHODS §11): confidence, fusion, anchors, losses, sampler."""
+"""GReFEL reliability balancing (docs/methods.md §11): confidence, fusion, anchors, losses, sampler."""
 
 import math
 

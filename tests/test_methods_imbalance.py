@@ -1,4 +1,4 @@
-"""The §5.6 baselines (METHODS §8): LDAM margins and loss, ASL, logit adjustment (trainers/methods/ldam_asl.py,
+"""The §5.6 baselines (docs/methods.md §8): LDAM margins and loss, ASL, logit adjustment (trainers/methods/ldam_asl.py,
 logit_adjust.py) and PCGrad surgery (pcgrad.py)."""
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Synthetic label noise of the fusion and Ada-DF protocols (METHODS §9-§10): ``apply_label_noise``."""
+"""Synthetic label noise of the fusion and Ada-DF protocols (docs/methods.md §9-§10): ``apply_label_noise``."""
 
 import numpy as np
 import pandas as pd
@@ -71,7 +71,7 @@ def test_noise_does_not_depend_on_the_trial_seed():
 
 
 def test_rafdb_noise_flips_only_to_its_seven_classes_never_contempt():
-    """RAF-DB has 7 of AffectNet's 8 classes (METHODS §1, §9): a flip goes to one of the 6 other
+    """RAF-DB has 7 of AffectNet's 8 classes (docs/methods.md §1, §9): a flip goes to one of the 6 other
     PRESENT classes, uniformly; Contempt (index 7) never appears."""
     from trainers.data.labels import LABEL_SPACES, RAFDB_TO_AFFECTNET
 
@@ -97,7 +97,7 @@ def test_a_label_outside_the_dataset_classes_is_an_error():
 
 
 def test_noise_leaves_sampler_order_and_true_circumplex_as_distributed():
-    """METHODS §9: the sampler weights, hence the data order, and the TRUE circumplex come from the
+    """docs/methods.md §9: the sampler weights, hence the data order, and the TRUE circumplex come from the
     labels as distributed, so a noise rate is matched with the clean condition of the same seed."""
     from trainers.data.pipeline import epoch_order, matched_seed_hash, sampler_weights
     from trainers.geometry import estimate_geometry

@@ -1,4 +1,4 @@
-"""Every method of METHODS §8-§12 trains through ``affsweep train`` on the synthetic world and beats
+"""Every method of docs/methods.md §8-§12 trains through ``affsweep train`` on the synthetic world and beats
 chance; train-only modules are reported in result.json; the method sweeps validate."""
 
 import json
@@ -57,7 +57,7 @@ def _train(tmp_path, method: str) -> tuple[dict, list, float]:
 @pytest.mark.parametrize("method", sorted(TRIALS))
 def test_method_trains_above_chance_through_the_cli(tmp_path, method):
     result, history, chance = _train(tmp_path, method)
-    if method == "caf":  # a VA method (METHODS §12): its own loss is on VA
+    if method == "caf":  # a VA method (docs/methods.md §12): its own loss is on VA
         assert result["va_ccc"] > 0.1
         assert {"train/caf/critic", "train/caf/adv"} <= set(history[-1])
     else:
@@ -74,7 +74,7 @@ def test_method_trains_above_chance_through_the_cli(tmp_path, method):
         assert result["params/model"] == sum(p.numel() for p in encoder.parameters()) + heads
     train_only = result["params/auxiliary"] if method == "ada_df" else 0
     assert result["params/inference"] == result["params/model"] - train_only
-    # the sampler each method's paper assumes (METHODS §8-§9): natural for logit adjustment and fusion
+    # the sampler each method's paper assumes (docs/methods.md §8-§9): natural for logit adjustment and fusion
     assert result["sampling"] == ("natural" if method in ("dual_fusion", "logit_adjust") else "inverse_frequency")
     if method == "ada_df":  # the auxiliary branch is trained but not part of the inference model
         assert result["params/auxiliary"] > 0

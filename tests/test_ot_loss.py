@@ -1,4 +1,4 @@
-"""The circumplex-cost OT term (METHODS §5) against POT's exact transport cost and the closed forms."""
+"""The circumplex-cost OT term (docs/methods.md §5) against POT's exact transport cost and the closed forms."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""`affsweep plan`, analysis.looks and `affsweep run --until-decided` (issue 15 §3–4 wiring); no Ray.
+"""`affsweep plan`, analysis.looks and `affsweep run --until-decided` (docs/methods.md §15–16 wiring); no Ray.
 
 Seed counts are checked against hand arithmetic: the exact two-sided sign-flip floor with n seeds
 is 2/2**n (one-sided 1/2**n), so p <= .05 needs 2**n >= 40 (n = 6), Holm's first step in a family

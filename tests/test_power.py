@@ -43,7 +43,7 @@ def test_smallest_pvalue_is_the_paired_floor_and_halves_one_sided():
     for n in range(1, 15):
         assert smallest_pvalue(n) == min_attainable_pvalue(n)
         assert smallest_pvalue(n, "less") == min_attainable_pvalue(n) / 2
-    assert smallest_pvalue(6, zeros=1) == pytest.approx(0.0625)  # METHODS §7: one zero in six
+    assert smallest_pvalue(6, zeros=1) == pytest.approx(0.0625)  # docs/methods.md §7: one zero in six
     # the floor is what the exact test returns when every non-zero difference agrees in sign
     assert paired_permutation_test([1, 2, 0, 3, 4, 5], np.zeros(6)).pvalue == smallest_pvalue(6, zeros=1)
 

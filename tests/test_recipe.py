@@ -1,4 +1,4 @@
-"""The base multi-task recipe (METHODS §2-§3) against hand formulas: masked CCC loss, class-weighted
+"""The base multi-task recipe (docs/methods.md §2-§3) against hand formulas: masked CCC loss, class-weighted
 focal CE, AU BCE with per-unit pos_weight, uncertainty weighting, P_MTL, inverse-frequency
 oversampling, and the warm-up / partial-unfreezing schedule seen through the optimiser."""
 
@@ -129,7 +129,7 @@ def test_uncertainty_weighting_by_hand_and_a_task_without_frames_adds_zero():
 
 
 def test_p_mtl_is_mean_va_ccc_plus_expr_f1_plus_au_f1():
-    # the study's Table I base row (METHODS §3): 0.438 + 0.288 + 0.489 = 1.215
+    # the study's Table I base row (docs/methods.md §3): 0.438 + 0.288 + 0.489 = 1.215
     assert p_mtl(0.438, 0.288, 0.489) == pytest.approx(1.215)
     assert p_mtl(float("nan"), 0.5, float("nan")) == pytest.approx(0.5)  # only the parts a dataset has
 
@@ -149,7 +149,7 @@ def test_inverse_frequency_weights_by_hand_and_equal_class_shares_when_drawn():
 
 
 def test_schedule_warmup_freezes_the_encoder_then_only_the_upper_half_moves_at_factor_times_lr(tiny_trial, tmp_path):
-    """METHODS §2 through the optimiser: epoch 1 (warm-up) changes no encoder parameter and no
+    """docs/methods.md §2 through the optimiser: epoch 1 (warm-up) changes no encoder parameter and no
     BatchNorm statistic; epoch 2 changes only the upper half of the blocks (layer3, layer4 of the test
     ResNet), whose first Adam step moves each element by exactly the encoder LR = 0.1 × head LR; the
     stem, layer1 and layer2 (parameters and running statistics) never change."""
@@ -201,7 +201,7 @@ def test_schedule_warmup_freezes_the_encoder_then_only_the_upper_half_moves_at_f
     groups = snapshots[2]["optimizer"]["param_groups"]
     assert [g["lr"] for g in groups] == pytest.approx([lr, lr * factor, lr])
     assert len(groups[1]["params"]) == len(upper)
-    (log_vars,) = groups[2]["params"]  # the uncertainty log-variances s_t: no weight decay (METHODS §2)
+    (log_vars,) = groups[2]["params"]  # the uncertainty log-variances s_t: no weight decay (docs/methods.md §2)
     assert groups[2]["weight_decay"] == 0.0
     assert tuple(snapshots[2]["optimizer"]["state"][log_vars]["exp_avg"].shape) == (3,)
     # P_MTL's VA part is the mean of the two CCCs
@@ -210,7 +210,7 @@ def test_schedule_warmup_freezes_the_encoder_then_only_the_upper_half_moves_at_f
 
 
 def test_every_k_subsamples_affwild2_training_only(tmp_path):
-    """The official protocol scores every validation frame (METHODS §3): ``every_k`` thins the
+    """The official protocol scores every validation frame (docs/methods.md §3): ``every_k`` thins the
     training split; the validation split is thinned only by the explicit ``val_every_k``."""
     from fixtures_datasets import make_affwild2_tree
 

@@ -1,5 +1,5 @@
 """The embedded synthetic world (trainers/data/synthetic.py): contract, determinism, and the generative
-structure the studies rely on (DESIGN "The embedded synthetic world", METHODS §1, §4)."""
+structure the studies rely on (docs/design.md §8, docs/methods.md §1, §4)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _pixels(df: pd.DataFrame, factor: int = 2) -> np.ndarray:
 
 
 def _class_means(df: pd.DataFrame, k: int) -> np.ndarray:
-    """Per-class VA means over frames with EXPR and VA (the centroid subset, METHODS §4)."""
+    """Per-class VA means over frames with EXPR and VA (the centroid subset, docs/methods.md §4)."""
     ok = df["valence"].notna() & df["arousal"].notna() & (df["expr"] >= 0)
     sub = df[ok]
     return np.array([sub.loc[sub["expr"] == c, ["valence", "arousal"]].mean().to_numpy() for c in range(k)])

@@ -1,4 +1,4 @@
-"""The trial's circumplex, resolved once (METHODS §4-§6): what it trains with and what it is scored under.
+"""The trial's circumplex, resolved once (docs/methods.md §4-§6): what it trains with and what it is scored under.
 
 ``resolve_circumplex`` is the one place that decides, for one trial, which circumplex it has — the
 training split's own, or one imported from another dataset (``method.imported_from``, loaded by
@@ -29,7 +29,7 @@ class TrialCircumplex:
     ``geometry``: the training split's own (labels after label noise; None without VA, e.g. RAF-DB).
     ``imported``: the ``method.imported_from`` geometry carried into this label order, loaded when the
     cost is ``imported`` or the dataset has no geometry of its own (else None). ``distributed``: the
-    circumplex of the labels as distributed, before injected label noise (METHODS §9; None without
+    circumplex of the labels as distributed, before injected label noise (docs/methods.md §9; None without
     noise). ``choice``: the cost the trial trains with (``CostChoice``; ``choice.source`` is the
     circumplex of record: the own geometry, else the imported one). ``cost``: the ``method.cost``
     value it was built from (after the method's default).
@@ -49,7 +49,7 @@ class TrialCircumplex:
 
     @property
     def truth(self) -> dict[str, np.ndarray] | None:
-        """``{"cost", "centroids"}`` of the TRUE circumplex (METHODS §6: always the dataset's own,
+        """``{"cost", "centroids"}`` of the TRUE circumplex (docs/methods.md §6: always the dataset's own,
         whatever cost trained), from the labels as distributed; for a dataset without VA the imported
         geometry stands in (finite cost) — also for its ``cost: none`` condition, so every condition
         of a sweep is scored alike. None without any."""
@@ -66,7 +66,7 @@ def resolve_circumplex(label_space, train_index, seed: int, cost, imported_from:
     """The ``TrialCircumplex`` of one trial.
 
     ``train_index``: the training split (labels after label noise); ``geometry``: its circumplex when
-    already estimated (else estimated here, seed 0, METHODS §4). ``seed``: the TRIAL seed (the
+    already estimated (else estimated here, seed 0, docs/methods.md §4). ``seed``: the TRIAL seed (the
     ``permuted`` derangement). ``cost``: a ``method.cost`` value (``trainers.costs``), ``"none"`` for a
     trial without an OT term. ``imported_from``: ``synthetic:<preset>`` or a ``circumplex.json`` path.
     ``distributed``: the circumplex of the labels before injected label noise. Raises ValueError when

@@ -1,4 +1,4 @@
-"""The fully resolved configuration of one trial (DESIGN "One trial").
+"""The fully resolved configuration of one trial (docs/design.md §2).
 
 A ``TrialConfig`` is what a sweep's grid point expands to and what ``affsweep train`` reads. Its
 ``trial_id`` is a short hash of the canonical JSON of the fields that define the experiment — not of
@@ -37,7 +37,7 @@ class DatasetConfig(_Strict):
     # (e.g. a RAF-DB-like synthetic dataset: drop_tasks [va, au] — no geometry of its own)
     every_k: int = Field(1, ge=1)        # Aff-Wild2 frame subsampling of the training split
     val_every_k: int = Field(1, ge=1)    # departure: subsample validation too (the official protocol,
-    # METHODS §3, scores every validation frame: 1)
+    # docs/methods.md §3, scores every validation frame: 1)
     crop_faces: bool = False             # AffectNet face-box crop
     cache: bool = False                  # read the decoded uint8 cache instead of JPEGs
     cache_dir: str | None = None
@@ -84,8 +84,8 @@ class MethodConfig(BaseModel):
     # a shorthand (COST_VARIANTS), a bare source or {source, control} (trainers.costs); None: the
     # method's default. Stored canonically: a shorthand stays the string it is today.
     cost: str | CostSpec | None = None
-    lam: float = Field(1.0, ge=0.0)        # METHODS §5: λ, default 1.0
-    consistency: float = Field(0.0, ge=0.0)  # METHODS §5: prediction-level consistency weight
+    lam: float = Field(1.0, ge=0.0)        # docs/methods.md §5: λ, default 1.0
+    consistency: float = Field(0.0, ge=0.0)  # docs/methods.md §5: prediction-level consistency weight
     imported_from: str | None = None       # cost: imported — e.g. "synthetic:affectnet_like" or a JSON path
 
     @property
@@ -100,17 +100,17 @@ class MethodConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _known_method(cls, name: str) -> str:
-        from trainers.methods import METHODS  # registry; imported late to avoid a cycle
+        from trainers.methods import METHOD_REGISTRY  # registry; imported late to avoid a cycle
 
-        if name not in METHODS:
-            raise ValueError(unknown_message(name, METHODS, what="method"))
+        if name not in METHOD_REGISTRY:
+            raise ValueError(unknown_message(name, METHOD_REGISTRY, what="method"))
         return name
 
     @model_validator(mode="after")
     def _known_options(self) -> MethodConfig:
-        from trainers.methods import METHODS
+        from trainers.methods import METHOD_REGISTRY
 
-        method = METHODS[self.name]
+        method = METHOD_REGISTRY[self.name]
         allowed = method.defaults
         for key in self.options:
             if key not in allowed:
@@ -124,7 +124,7 @@ class MethodConfig(BaseModel):
             key, reason = option_error(e)
             raise ValueError(f"@{key}:{reason}") from None
         if self.cost is None:  # resolve so that trial_id names the cost actually used
-            self.__dict__["cost"] = METHODS[self.name].default_cost
+            self.__dict__["cost"] = METHOD_REGISTRY[self.name].default_cost
         return self
 
 
@@ -141,21 +141,21 @@ class TrialConfig(_Strict):
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0)                     # head learning rate
     weight_decay: float = Field(1e-4, ge=0)
-    warmup_epochs: int = Field(1, ge=0)               # METHODS §2: head warm-up, encoder frozen
-    unfreeze_fraction: float = Field(0.5, ge=0, le=1)  # METHODS §2: upper fraction of blocks unfrozen
-    encoder_lr_factor: float = Field(0.1, gt=0)       # METHODS §2: encoder LR = factor × head LR
-    ema_decay: float = Field(0.999, ge=0, lt=1)       # METHODS §2
-    oversample: bool = True                           # METHODS §2: inverse class frequency sampling
+    warmup_epochs: int = Field(1, ge=0)               # docs/methods.md §2: head warm-up, encoder frozen
+    unfreeze_fraction: float = Field(0.5, ge=0, le=1)  # docs/methods.md §2: upper fraction of blocks unfrozen
+    encoder_lr_factor: float = Field(0.1, gt=0)       # docs/methods.md §2: encoder LR = factor × head LR
+    ema_decay: float = Field(0.999, ge=0, lt=1)       # docs/methods.md §2
+    oversample: bool = True                           # docs/methods.md §2: inverse class frequency sampling
     # (a method may choose its own sampler, e.g. logit_adjust's natural prior; result.json: sampling)
-    # --- departures from METHODS, each off by default (README "Departures from METHODS") ----------
+    # --- departures from the recipe (docs/methods.md §18), each off by default (docs/methods.md §18) ----------
     ema_warmup: bool = False                          # timm's EMA warm-up: decay 1 - (1 + step)^(-2/3),
     # ~0.97 after a few hundred steps, instead of ema_decay from the first step (short runs)
     bn_recalibration_batches: int = Field(0, ge=0)    # re-estimate BatchNorm statistics of the EMA
-    # weights on this many training batches before evaluating (as SWA does); METHODS has none: 0
+    # weights on this many training batches before evaluating (as SWA does); the recipe has none: 0
     frozen_bn_update: bool = False                    # let BatchNorm running statistics of frozen
-    # encoder stages (warm-up, lower stages) keep updating; METHODS: frozen means frozen
+    # encoder stages (warm-up, lower stages) keep updating; the recipe: frozen means frozen
     log_var_weight_decay: float = Field(0.0, ge=0)    # AdamW weight decay on the uncertainty
-    # log-variances s_t (METHODS §2 has none; the heads' weight_decay applied to them before)
+    # log-variances s_t (docs/methods.md §2 has none; the heads' weight_decay applied to them before)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     # placement — where and how fast, not what: excluded from trial_id

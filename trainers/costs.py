@@ -1,11 +1,11 @@
-"""A cost is a source and a control (issue 15 §1; METHODS §5).
+"""A cost is a source and a control (docs/methods.md §13; docs/methods.md §5).
 
 ``method.cost`` is ``{source: SOURCE, control: none | permuted | uniform}`` (``CostSpec``):
 
 - **source** — where the (K, K) ground cost comes from:
 
   - a built-in, estimated on the trial's training split (``trainers.geometry``): ``circumplex``,
-    ``instance``, ``gaussian_w2``, ``va_au``, ``imported`` (METHODS §5);
+    ``instance``, ``gaussian_w2``, ``va_au``, ``imported`` (docs/methods.md §5);
   - ``file:PATH`` — a matrix with its class names (formats: ``load_cost_table``); relative paths
     mean what they mean in the directory affsweep was started from, ``$VARS`` are expanded;
   - the name of a function registered with ``@register_cost("name")``, or ``"module:name"`` to
@@ -22,7 +22,7 @@ do not change: ``permuted`` = ``{source: circumplex, control: permuted}``, ``uni
 ``control: none`` is stored as its bare string (``file:costs/x.json``); other combinations are
 stored as the mapping.
 
-Error structure is scored under the dataset's true circumplex (METHODS §6) and, for a source other
+Error structure is scored under the dataset's true circumplex (docs/methods.md §6) and, for a source other
 than the circumplex, also under the source's own matrix (``source_error_metrics``:
 ``error_severity@source``, ``affect_weighted_acc@source``, and ``quadrant_keep@source`` where the
 source places classes in valence-arousal).

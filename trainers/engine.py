@@ -61,7 +61,7 @@ class TrialData:
     val_images: ImageStore
     train_labels: LabelTensors
     val_labels: LabelTensors
-    # the training index as distributed, before injected label noise (METHODS §9): it decides the
+    # the training index as distributed, before injected label noise (docs/methods.md §9): it decides the
     # sampler, the matched-seed hash and the TRUE circumplex, so noise rates stay matched
     distributed_index: pd.DataFrame | None = None
     true_geometry: object = None  # the circumplex of the labels as distributed (None: ctx.geometry)
@@ -136,7 +136,7 @@ def _cached_images(dataset_json: str) -> tuple[ImageStore, ImageStore]:
 def prepare_data(cfg: TrialConfig) -> TrialData:
     dataset_json = cfg.dataset.model_dump_json()
     distributed, val = _cached_splits(dataset_json)
-    # flips only to the classes the dataset has (RAF-DB: its 7, METHODS §9)
+    # flips only to the classes the dataset has (RAF-DB: its 7, docs/methods.md §9)
     train = apply_label_noise(distributed, cfg.label_noise.rate, cfg.label_noise.seed,
                               cfg.label_space.scored_classes)
     true_geometry = None
@@ -169,11 +169,12 @@ def trial_circumplex(cfg: TrialConfig, data: TrialData):
     """The trial's ``trainers.circumplex.TrialCircumplex``, resolved once: its own or imported
     circumplex, the cost it trains with, and the TRUE circumplex it is scored under."""
     from trainers.circumplex import resolve_circumplex
-    from trainers.methods import METHODS
+    from trainers.methods import METHOD_REGISTRY
 
     m = cfg.method
-    return resolve_circumplex(cfg.label_space, data.train_index, cfg.seed, METHODS[m.name].effective_cost(m.cost),
-                              m.imported_from, distributed=data.true_geometry)
+    cost = METHOD_REGISTRY[m.name].effective_cost(m.cost)
+    return resolve_circumplex(cfg.label_space, data.train_index, cfg.seed, cost, m.imported_from,
+                              distributed=data.true_geometry)
 
 
 def method_context(cfg: TrialConfig, data: TrialData, device: torch.device) -> MethodContext:
@@ -194,7 +195,7 @@ def method_context(cfg: TrialConfig, data: TrialData, device: torch.device) -> M
 def fit(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, dict, Path], None] | None = None,
         progress: bool = True, resume_from: str | Path | None = None, *, sweep: str | None = None,
         axes: dict | None = None) -> TrialResult:
-    """Train one trial and write its directory (DESIGN "One trial"). ``report(epoch, metrics,
+    """Train one trial and write its directory (docs/design.md §2). ``report(epoch, metrics,
     checkpoint_dir)`` is called after each epoch's checkpoint (Ray Tune's hook). ``sweep`` and
     ``axes`` (the trial's grid values) complete its result row: ``result.json`` is written once, whole
     (``trainers.result_row``)."""
@@ -243,7 +244,7 @@ def fit_steps(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, di
     head_params = [*heads, *extra_params]
     optimizer = torch.optim.AdamW([
         {"params": head_params, "lr": cfg.lr},
-        {"params": upper, "lr": cfg.lr * cfg.encoder_lr_factor},  # METHODS §2: reduced encoder LR
+        {"params": upper, "lr": cfg.lr * cfg.encoder_lr_factor},  # docs/methods.md §2: reduced encoder LR
         {"params": list(weighting.parameters()), "lr": cfg.lr, "weight_decay": cfg.log_var_weight_decay},
     ], weight_decay=cfg.weight_decay)
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
@@ -267,7 +268,7 @@ def fit_steps(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, di
         train_seconds, images_seen, first_order = state["train_seconds"], state["images_seen"], state["order_hash"]
 
     encoder_params = [p for stage in stages for p in stage]
-    # the method's sampler, else the recipe's; weights from the labels as distributed (METHODS §9)
+    # the method's sampler, else the recipe's; weights from the labels as distributed (docs/methods.md §9)
     sampling = method.sampling() or ("inverse_frequency" if cfg.oversample else "natural")
     sample_weights = sampler_weights(sampling, data.distributed_index["expr"].to_numpy())
     world_hash = matched_seed_hash(cfg.dataset.name, data.distributed_index, data.val_index, cfg.seed)
@@ -281,7 +282,7 @@ def fit_steps(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, di
 
     # --- loop ------------------------------------------------------------------------------
     for epoch in range(start, cfg.epochs + 1):
-        # METHODS §2: head warm-up with the encoder frozen, then the upper fraction unfrozen
+        # docs/methods.md §2: head warm-up with the encoder frozen, then the upper fraction unfrozen
         for p in encoder_params:
             p.requires_grad_(False)
         if epoch > cfg.warmup_epochs:
@@ -345,7 +346,7 @@ def fit_steps(cfg: TrialConfig, trial_dir: str | Path, report: Callable[[int, di
             epoch_metrics.update(method.on_epoch_end(
                 model, lambda: iterate_outputs(model, data.train_images, cfg, backbone, device), state))
 
-        # --- evaluate (the EMA weights, METHODS §2) on the epochs the schedule keeps --------------
+        # --- evaluate (the EMA weights, docs/methods.md §2) on the epochs the schedule keeps --------------
         if evaluates(cfg, epoch):
             evaluation = evaluate_ema(ema.module, method, data, order, cfg, backbone, device, ctx, timing)
             epoch_metrics.update({k: v for k, v in evaluation.metrics.items() if not isinstance(v, str)})
@@ -481,7 +482,7 @@ def iterate_outputs(model, images: ImageStore, cfg: TrialConfig, backbone, devic
 
 @torch.no_grad()
 def evaluate(model, method, data: TrialData, cfg: TrialConfig, backbone, device, ctx) -> Evaluation:
-    """Validation metrics of METHODS §3 and §6 (error structure under the TRUE circumplex)."""
+    """Validation metrics of docs/methods.md §3 and §6 (error structure under the TRUE circumplex)."""
     from analysis.errors import affect_weighted_accuracy, error_severity, quadrant_preservation
     from trainers.geometry import representational_similarity
 

@@ -1,14 +1,14 @@
-"""Circumplex geometry and the ground-cost variants of the OT term (METHODS §4-§5, study §3.3-3.7, §6).
+"""Circumplex geometry and the ground-cost variants of the OT term (docs/methods.md §4-§5, study §3.3-3.7, §6).
 
 Everything here is numpy on label arrays; ``trainers.losses.ot`` turns a chosen cost into a loss.
 
 - ``estimate_centroids`` / ``cost_matrix``: class centroids in valence-arousal and the ground cost
-  ``C_ij = ||mu_i - mu_j||`` (METHODS §4).
-- Cost variants (METHODS §5): ``permuted_cost`` (derangement control), ``uniform_cost`` (confidence-
+  ``C_ij = ||mu_i - mu_j||`` (docs/methods.md §4).
+- Cost variants (docs/methods.md §5): ``permuted_cost`` (derangement control), ``uniform_cost`` (confidence-
   penalty control), ``gaussian_w2_cost`` (Eq. 6), ``au_composite_cost`` (§6.2), ``imported_cost``
   (geometry transfer by class name), and per-frame ``instance`` rows in ``trainers.losses.ot``.
-- ``bootstrap_geometry``: radial standard errors and pairwise-distance CIs (METHODS §4).
-- ``representational_similarity``: Spearman rho of prototype cosine distances vs C (METHODS §7).
+- ``bootstrap_geometry``: radial standard errors and pairwise-distance CIs (docs/methods.md §4).
+- ``representational_similarity``: Spearman rho of prototype cosine distances vs C (docs/methods.md §7).
 - ``Geometry`` / ``estimate_geometry``: everything above for one training split, JSON round-trip;
   ``import_geometry`` carries one into another label order, ``load_import_source`` reads the source
   of ``method.imported_from``; ``builtin_source_cost`` is a built-in cost source (chosen by
@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 
-# --- basic estimates (METHODS §4) ------------------------------------------------------------------
+# --- basic estimates (docs/methods.md §4) ------------------------------------------------------------------
 
 def _joint(va, expr, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """The jointly labelled frames: EXPR in [0, K) and both VA coordinates finite."""
@@ -82,7 +82,7 @@ def _joint(va, expr, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
 
 def estimate_centroids(va, expr, num_classes: int) -> np.ndarray:
     """(K, 2) mean (valence, arousal) over frames with EXPR = k and a valid VA; NaN row for a class
-    with none (METHODS §4)."""
+    with none (docs/methods.md §4)."""
     va, expr = _joint(va, expr, num_classes)
     counts = np.bincount(expr, minlength=num_classes).astype(np.float64)
     sums = np.stack([np.bincount(expr, weights=va[:, d], minlength=num_classes) for d in range(2)], axis=1)
@@ -133,7 +133,7 @@ def _closest_pair(cost: np.ndarray) -> tuple[int, int] | None:
     return int(i), int(j)
 
 
-# --- cost variants (METHODS §5) --------------------------------------------------------------------
+# --- cost variants (docs/methods.md §5) --------------------------------------------------------------------
 
 def derangement(k: int, seed: int) -> np.ndarray:
     """A uniformly random permutation of ``range(k)`` without fixed points (rejection sampling).
@@ -229,7 +229,7 @@ def au_composite_cost(cost, au_signatures) -> np.ndarray:
     return (c + d * (_off_mean(c) / d_mean)) / 2
 
 
-# --- geometry transfer by class name (RAF-DB, METHODS §5 "imported") -------------------------------
+# --- geometry transfer by class name (RAF-DB, docs/methods.md §5 "imported") -------------------------------
 
 # Spellings of the same expression across datasets, mapped to one canonical name.
 CLASS_ALIASES: dict[str, str] = {
@@ -286,11 +286,11 @@ def imported_cost(source_geometry, source_class_names, target_class_names) -> np
     return out
 
 
-# --- bootstrap (METHODS §4) ------------------------------------------------------------------------
+# --- bootstrap (docs/methods.md §4) ------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
 class BootstrapResult:
-    """Non-parametric bootstrap of the circumplex over the jointly labelled frames (METHODS §4).
+    """Non-parametric bootstrap of the circumplex over the jointly labelled frames (docs/methods.md §4).
 
     ``radial_se[k]``: the radial standard error of centroid k, the root-mean-square distance of the
     resampled centroid from the point estimate, ``sqrt(mean_r ||mu*_rk - mu_k||^2)`` (the 2-D analogue
@@ -298,7 +298,7 @@ class BootstrapResult:
     class k is absent are skipped). ``distance_ci[i, j]``: the percentile CI (``level``) of
     ``||mu*_i - mu*_j||``. A percentile CI of a distance is biased upward for nearly coincident
     centroids, so it need not contain the point estimate for a degenerate pair. ``unit``: what was
-    resampled — "frames" (METHODS §4) or "groups" (whole videos; see ``bootstrap_geometry``).
+    resampled — "frames" (docs/methods.md §4) or "groups" (whole videos; see ``bootstrap_geometry``).
     """
 
     radial_se: np.ndarray      # (K,)
@@ -322,7 +322,7 @@ def bootstrap_geometry(va, expr, num_classes: int, n_resamples: int = 1000, seed
     Each resample draws n frames with replacement; its class sums are one matrix product of the
     multiplicity matrix with the one-hot-weighted VA, so 1000 resamples of 5000 frames take ~0.1 s.
     ``groups`` (one id per frame, e.g. the video): resample whole groups instead of frames (a cluster
-    bootstrap). Frames of one video are strongly correlated, so the frame bootstrap of METHODS §4
+    bootstrap). Frames of one video are strongly correlated, so the frame bootstrap of docs/methods.md §4
     understates the standard errors of video data; the group bootstrap does not.
     """
     va = np.asarray(va, dtype=np.float64).reshape(-1, 2)
@@ -367,7 +367,7 @@ def bootstrap_geometry(va, expr, num_classes: int, n_resamples: int = 1000, seed
     return BootstrapResult(radial_se, ci, n_resamples, n, level, unit)
 
 
-# --- representational similarity (METHODS §7, study §6.1) ------------------------------------------
+# --- representational similarity (docs/methods.md §7, study §6.1) ------------------------------------------
 
 @dataclass(frozen=True)
 class RSAResult:
@@ -377,7 +377,7 @@ class RSAResult:
 
 
 def representational_similarity(features, labels, cost, classes=None) -> RSAResult:
-    """Spearman rho between class-prototype cosine distances and the circumplex cost (METHODS §7).
+    """Spearman rho between class-prototype cosine distances and the circumplex cost (docs/methods.md §7).
 
     Prototype = mean feature vector of a class; the pairs are the K'(K'-1)/2 pairs of ``classes``
     (default: every class with at least one frame in ``labels`` and finite costs). NaN when fewer than
@@ -440,7 +440,7 @@ def _from_jsonable(x: Any) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Geometry:
-    """The circumplex of one training split (METHODS §4). Arrays are in the label space's class order."""
+    """The circumplex of one training split (docs/methods.md §4). Arrays are in the label space's class order."""
 
     class_names: tuple[str, ...]
     centroids: np.ndarray               # (K, 2); NaN row for a class without joint frames
@@ -589,7 +589,7 @@ def estimate_geometry(index_df, label_space, n_boot: int = 1000, seed: int = 0,
 
     None when the dataset has no frame with both EXPR and VA (e.g. RAF-DB). AU signatures are
     estimated when the label space has AU labels and some EXPR frame carries them.
-    ``bootstrap_unit``: "frames" (METHODS §4) or "groups" (resample whole videos by the ``group``
+    ``bootstrap_unit``: "frames" (docs/methods.md §4) or "groups" (resample whole videos by the ``group``
     column; honest standard errors for temporally correlated frames). The estimates do not depend on it.
     """
     if bootstrap_unit not in ("frames", "groups"):
@@ -700,7 +700,7 @@ def load_import_source(imported_from: str) -> Geometry:
 
 @dataclass(frozen=True, eq=False)
 class CostChoice:
-    """The ground cost of one trial (METHODS §5; a source and a control, ``trainers.costs``).
+    """The ground cost of one trial (docs/methods.md §5; a source and a control, ``trainers.costs``).
 
     ``variant``: the cost's label (a shorthand such as ``permuted``, else e.g. ``uniform(file:x.json)``).
     ``matrix``: (K, K) cost fed to ``ot_loss`` (None for ``none``; for ``instance`` the class-level
@@ -740,7 +740,7 @@ def _fill_undefined(cost: np.ndarray) -> np.ndarray:
 
 def builtin_source_cost(source: str, geometry: Geometry | None, imported: np.ndarray | None = None
                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(source matrix, circumplex, centroids) of a built-in cost source (METHODS §5).
+    """(source matrix, circumplex, centroids) of a built-in cost source (docs/methods.md §5).
 
     ``geometry``: the training split's circumplex (None for a dataset without VA). ``imported``: a
     (K, K) cost already in this label order (``imported_cost``); it is the ``imported`` source, and

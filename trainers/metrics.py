@@ -1,4 +1,4 @@
-"""Evaluation metrics (METHODS §3): CCC, EXPR macro-F1 / accuracy, AU F1, P_MTL, confusion."""
+"""Evaluation metrics (docs/methods.md §3): CCC, EXPR macro-F1 / accuracy, AU F1, P_MTL, confusion."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def au_f1_per_unit(pred, target) -> np.ndarray:
 
 
 def au_f1(pred, target) -> float:
-    """Mean of the per-AU binary F1 scores (METHODS §3); ``pred`` are 0/1 decisions."""
+    """Mean of the per-AU binary F1 scores (docs/methods.md §3); ``pred`` are 0/1 decisions."""
     per_unit = au_f1_per_unit(pred, target)
     return float(np.nanmean(per_unit)) if np.isfinite(per_unit).any() else float("nan")
 

@@ -1,6 +1,6 @@
 """The result row of one trial: what ``result.json`` holds, and one row of ``results.parquet``.
 
-DESIGN "One trial": ``trial_id, sweep, seed, status`` + every axis value as its own column + the
+docs/design.md §2: ``trial_id, sweep, seed, status`` + every axis value as its own column + the
 final metrics. ``trainers.engine.fit`` writes it once, complete, as the trial's ``result.json`` (the
 sweep's name and the trial's axes come from its caller; a trial run alone, ``affsweep train``, has
 neither). The sweep directory's results table (``orchestrator.sweep_dir.result_rows``) and the

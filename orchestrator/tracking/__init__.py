@@ -1,4 +1,4 @@
-"""MLflow tracking of a sweep (DESIGN "Tracking"), through ``MlflowClient`` with explicit run ids.
+"""MLflow tracking of a sweep (docs/design.md §7), through ``MlflowClient`` with explicit run ids.
 
 Three rooms, one job each (``from orchestrator import tracking`` gives every public name of them):
 

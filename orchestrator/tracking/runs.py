@@ -1,4 +1,4 @@
-"""The sweep's MLflow runs, and every write to them (DESIGN "Tracking"), through ``MlflowClient``
+"""The sweep's MLflow runs, and every write to them (docs/design.md §7), through ``MlflowClient``
 with explicit run ids.
 
 - one **parent** run per sweep (tags ``affsweep.sweep``, ``affsweep.kind=sweep``,

@@ -1,4 +1,4 @@
-"""AffectNet loader: the manually annotated images with expression and valence-arousal (METHODS §1).
+"""AffectNet loader: the manually annotated images with expression and valence-arousal (docs/methods.md §1).
 
 ``ROOT/training.csv`` and ``ROOT/validation.csv`` (official split), images under
 ``ROOT/Manually_Annotated_Images/<subDirectory_filePath>``. Classes 0-7 are kept in AffectNet

@@ -1,4 +1,4 @@
-"""Aff-Wild2 (ABAW) loader: cropped-aligned frames with VA, EXPR and AU annotations (METHODS §1).
+"""Aff-Wild2 (ABAW) loader: cropped-aligned frames with VA, EXPR and AU annotations (docs/methods.md §1).
 
 Two annotation layouts are read, whichever the user has:
 
@@ -256,7 +256,7 @@ def _validate(task: str, values: np.ndarray, path: str, first_line: int) -> None
 
 
 def _convert(task: str, values: np.ndarray):
-    """Sentinels -> NaN / -1 (METHODS §1)."""
+    """Sentinels -> NaN / -1 (docs/methods.md §1)."""
     if task == "expr":
         return values[:, 0].astype(np.int64)
     out = values.astype(np.float32)

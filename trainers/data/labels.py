@@ -1,4 +1,4 @@
-"""Label spaces and sentinels of the supported datasets (METHODS §1).
+"""Label spaces and sentinels of the supported datasets (docs/methods.md §1).
 
 Every loader returns an index DataFrame with the columns of ``INDEX_COLUMNS`` (plus ``path`` or
 ``image``); missing labels are NaN (VA, AU) or -1 (EXPR), whatever sentinel the source used.
@@ -17,7 +17,7 @@ ABAW_EXPR: tuple[str, ...] = (
 AFFECTNET_EXPR: tuple[str, ...] = (
     "Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt",
 )
-# RAF-DB basic labels (1-based in the file) mapped into AffectNet order (METHODS §1).
+# RAF-DB basic labels (1-based in the file) mapped into AffectNet order (docs/methods.md §1).
 RAFDB_EXPR: tuple[str, ...] = (
     "Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral",
 )

@@ -1,4 +1,4 @@
-"""From a dataset config to tensors the loop can consume (DESIGN "One trial", METHODS §2).
+"""From a dataset config to tensors the loop can consume (docs/design.md §2, docs/methods.md §2).
 
 - ``load_split``: the index of one split (synthetic world split by group; real loaders' splits).
 - ``LabelTensors``: labels as tensors with per-task validity masks (sentinels already NaN/-1).
@@ -73,7 +73,7 @@ def _load_split(ds, split: str) -> pd.DataFrame:
 
 def apply_label_noise(index: pd.DataFrame, rate: float, seed: int, classes: int | Sequence[int]) -> pd.DataFrame:
     """Flip exactly round(rate · N_expr) EXPR labels, each uniformly to another of ``classes`` (K, or
-    the classes the dataset has: RAF-DB's 7, never AffectNet's Contempt — METHODS §9), from its own
+    the classes the dataset has: RAF-DB's 7, never AffectNet's Contempt — docs/methods.md §9), from its own
     seed (the protocol of the fusion and Ada-DF papers). Adds a boolean ``noisy`` column."""
     out = index.copy()
     out["noisy"] = False
@@ -178,7 +178,7 @@ SAMPLING = ("inverse_frequency", "natural", "class_balanced")
 
 def oversampling_weights(expr: np.ndarray) -> np.ndarray:
     """Inverse class frequency for EXPR-labelled frames, each class totalling N_expr/K_present;
-    frames without an EXPR label keep weight 1 (METHODS §2: rare expressions oversampled)."""
+    frames without an EXPR label keep weight 1 (docs/methods.md §2: rare expressions oversampled)."""
     w = np.ones(len(expr), dtype=np.float64)
     valid = expr >= 0
     if valid.any():
@@ -191,7 +191,7 @@ def oversampling_weights(expr: np.ndarray) -> np.ndarray:
 
 def class_balanced_weights(expr: np.ndarray) -> np.ndarray:
     """EXPR-labelled frames only, each present class totalling 1: every class the same expected
-    share of a batch (GReFEL's data refinement, METHODS §11); unlabelled frames are never drawn."""
+    share of a batch (GReFEL's data refinement, docs/methods.md §11); unlabelled frames are never drawn."""
     expr = np.asarray(expr)
     valid = expr >= 0
     w = np.zeros(len(expr), dtype=np.float64)
@@ -203,7 +203,7 @@ def class_balanced_weights(expr: np.ndarray) -> np.ndarray:
 
 def sampler_weights(sampling: str, expr: np.ndarray) -> np.ndarray | None:
     """Per-frame sampling weights of a ``sampling`` rule from the EXPR labels *as distributed*
-    (before injected noise, METHODS §9); None = natural sampling (a permutation per epoch)."""
+    (before injected noise, docs/methods.md §9); None = natural sampling (a permutation per epoch)."""
     if sampling == "natural":
         return None
     if sampling == "inverse_frequency":
@@ -225,7 +225,7 @@ def augmentation_generator(seed: int, epoch: int) -> torch.Generator:
 
 def epoch_order(n: int, seed: int, epoch: int, weights: np.ndarray | None) -> np.ndarray:
     """The sample order of one epoch, a pure function of (seed, epoch, weights): the same seed gives
-    the same data order in every condition that samples alike (matched seeds, METHODS §7)."""
+    the same data order in every condition that samples alike (matched seeds, docs/methods.md §7)."""
     rng = order_rng(seed, epoch)
     if weights is None:
         return rng.permutation(n)
@@ -260,7 +260,7 @@ def matched_seed_hash(dataset: str, train: pd.DataFrame, val: pd.DataFrame, seed
     """What one seed fixes for every condition of a sweep (result.json's ``data_order_hash``).
 
     The world — dataset name, the train and validation splits (which frames, how many, their labels
-    as distributed: injected label noise is part of the experiment, METHODS §9) — and the seed's
+    as distributed: injected label noise is part of the experiment, docs/methods.md §9) — and the seed's
     random streams (initialisation, data order, augmentation), fingerprinted by their first draws.
     Two trials with the same seed and hash saw the same data under the same streams; a condition's
     own sampler (natural sampling) or its noise rate does not change it, another world, split or n

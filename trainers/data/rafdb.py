@@ -3,7 +3,7 @@
 ``ROOT/EmoLabel/list_patition_label.txt`` (sic, the official name) lists ``train_00001.jpg 5`` /
 ``test_0001.jpg 3``; the aligned image of ``train_00001.jpg`` is
 ``ROOT/Image/aligned/train_00001_aligned.jpg``. Labels 1-7 (Surprise, Fear, Disgust, Happiness,
-Sadness, Anger, Neutral) are mapped with ``labels.RAFDB_TO_AFFECTNET`` (METHODS §1).
+Sadness, Anger, Neutral) are mapped with ``labels.RAFDB_TO_AFFECTNET`` (docs/methods.md §1).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The embedded synthetic world: procedurally drawn faces whose generative structure mirrors the study.
 
-DESIGN "The embedded synthetic world". Every frame has a true expression class ``k``; its
+docs/design.md §8. Every frame has a true expression class ``k``; its
 valence-arousal point is drawn around the class centroid (``WorldPreset.centroids``) and its action
 units from the class-typical pattern (``WorldPreset.au_patterns``). What is drawn is a function of
 that VA point and those AUs only (plus nuisance: identity, pose, lighting, noise), so classes that
 are near on the circumplex look alike and the world's visual confusions follow its geometry
-(METHODS §4, §6).
+(docs/methods.md §4, §6).
 
 The degenerate pair (anger-fear in ``affwild2_like``, anger-contempt in ``affectnet_like``) is
 co-located in VA and told apart by its AUs alone. ``separability`` in [0, 1] is how visible those
@@ -19,7 +19,7 @@ image size, so conditions compared on this world are paired by construction.
 
 ``affwild2_like`` is organised in videos (temporally smooth AR(1) processes for VA, AU intensity,
 pose and lighting; expression segments of a few frames; a fixed identity per video) with ABAW-like
-partial labels (METHODS §1: per-video task availability plus frame-level gaps, sentinels already
+partial labels (docs/methods.md §1: per-video task availability plus frame-level gaps, sentinels already
 converted to NaN / -1). ``affectnet_like`` is i.i.d. images, VA on almost all, no AU labels, and
 contempt drawn with a unilateral smile: on one side of the mouth it looks like happiness although it
 sits at the far corner of the circumplex (the study's far-corner visual confound, §5.8).
@@ -191,7 +191,7 @@ AFFWILD2_LIKE = WorldPreset(
     segment_len=(3, 8),
     va_rho=0.6,
     # (VA, EXPR, AU) availability per video, as frame fractions; with the gaps about a third of the
-    # frames carry all three tasks and about half carry EXPR and VA (the centroid subset, METHODS §4).
+    # frames carry all three tasks and about half carry EXPR and VA (the centroid subset, docs/methods.md §4).
     task_patterns=(
         ((True, True, True), 0.38), ((True, True, False), 0.20), ((True, False, True), 0.12),
         ((True, False, False), 0.10), ((False, True, True), 0.06), ((False, True, False), 0.06),
@@ -420,7 +420,7 @@ def _draw_world(p: WorldPreset, n: int, rng: np.random.Generator) -> dict:
 
     ident = rng.random((len(lens), 17))[video]
 
-    # Labels and their availability (METHODS §1 conventions: NaN / -1 mark a missing label).
+    # Labels and their availability (docs/methods.md §1 conventions: NaN / -1 mark a missing label).
     has_va, has_expr, has_au = np.ones(n, bool), np.ones(n, bool), np.ones(n, bool)
     if p.videos:
         pats = np.array([pat for pat, _ in p.task_patterns])[_assign_patterns(p, lens, rng)][video]

@@ -1,4 +1,4 @@
-"""Losses of the shared trainer (METHODS §2, §5)."""
+"""Losses of the shared trainer (docs/methods.md §2, §5)."""
 
 from trainers.losses.multitask import UncertaintyWeighting, au_bce_loss, ccc, ccc_loss, focal_loss
 from trainers.losses.ot import consistency_loss, ot_loss

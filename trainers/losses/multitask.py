@@ -1,4 +1,4 @@
-"""Masked per-task losses of the base multi-task recipe (METHODS §2)."""
+"""Masked per-task losses of the base multi-task recipe (docs/methods.md §2)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 
 def ccc(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
         eps: float = 1e-8) -> torch.Tensor:
-    """Concordance correlation per column with population moments over the masked frames (METHODS §2)."""
+    """Concordance correlation per column with population moments over the masked frames (docs/methods.md §2)."""
     pred, target = pred.float(), target.float()
     w = torch.ones(len(pred), device=pred.device) if mask is None else mask.float()
     w = (w / w.sum().clamp(min=1))[:, None]
@@ -29,7 +29,7 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None = None,
                gamma: float = 2.0, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Class-weighted focal CE, mean over (masked) frames of -w_y (1-p_y)^γ log p_y (METHODS §2)."""
+    """Class-weighted focal CE, mean over (masked) frames of -w_y (1-p_y)^γ log p_y (docs/methods.md §2)."""
     logp = F.log_softmax(logits.float(), dim=-1).gather(1, target[:, None]).squeeze(1)
     loss = -((1 - logp.exp()) ** gamma) * logp
     if class_weights is not None:
@@ -51,7 +51,7 @@ def au_bce_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Te
 class UncertaintyWeighting(nn.Module):
     """Homoscedastic uncertainty weighting, L = Σ_t exp(-s_t) L_t + s_t, s_t = log σ_t² init 0.
 
-    (Kendall et al. 2018; METHODS §2.) A task whose loss is None this batch adds 0.
+    (Kendall et al. 2018; docs/methods.md §2.) A task whose loss is None this batch adds 0.
     """
 
     def __init__(self, tasks: tuple[str, ...] = ("va", "expr", "au")) -> None:

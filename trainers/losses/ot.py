@@ -1,4 +1,4 @@
-"""The circumplex-cost OT term and the prediction-level consistency term (METHODS §5, study §3.4-3.6).
+"""The circumplex-cost OT term and the prediction-level consistency term (docs/methods.md §5, study §3.4-3.6).
 
 ``ot_loss`` is the linear Wasserstein case: the target is a point mass at the true class, so the
 transport plan is trivial and ``L_OT = sum_k p_k C_{k,y}`` (Eq. 4; no Sinkhorn). ``OTTerm`` is what a
@@ -21,7 +21,7 @@ __all__ = ["OTTerm", "build_ot_term", "consistency_loss", "instance_cost_rows", 
 
 def ot_loss(logits: torch.Tensor, target: torch.Tensor, cost: torch.Tensor, *,
             per_frame: bool | None = None) -> torch.Tensor:
-    """Batch mean of ``sum_k p_k C_{k,y}`` with ``p = softmax(logits)`` (METHODS §5, Eq. 4).
+    """Batch mean of ``sum_k p_k C_{k,y}`` with ``p = softmax(logits)`` (docs/methods.md §5, Eq. 4).
 
     ``cost`` is a (K, K) class cost indexed ``[k, y]`` (column ``C_{., y}`` taken per frame) or a (B, K)
     per-frame cost (the ``instance`` variant). A square (K, K) cost is read as the class cost unless
@@ -66,7 +66,7 @@ def instance_cost_rows(va: torch.Tensor, va_valid: torch.Tensor, target: torch.T
 
 
 def consistency_loss(va_pred: torch.Tensor, probs: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """``mean_b ||VA_hat_b - sum_k p_bk mu_k||^2`` (METHODS §5 ablation, study §3.5)."""
+    """``mean_b ||VA_hat_b - sum_k p_bk mu_k||^2`` (docs/methods.md §5 ablation, study §3.5)."""
     mu = torch.as_tensor(centroids, device=probs.device).float()
     expected = probs.float() @ mu
     return ((va_pred.float() - expected) ** 2).sum(-1).mean()
@@ -136,7 +136,7 @@ class OTTerm:
             joint = weight * batch["va_mask"].to(device=device, dtype=torch.float32)
             probs = F.softmax(logits.float(), dim=-1)
             expected = probs @ self._get("cons_centroids", device)
-            err = ((out["va"].float() - expected) ** 2).sum(-1)          # METHODS §5: ||VA_hat - sum p mu||^2
+            err = ((out["va"].float() - expected) ** 2).sum(-1)          # docs/methods.md §5: ||VA_hat - sum p mu||^2
             total = total + self.consistency * (err * joint).sum() / joint.sum().clamp(min=1)
         return total
 

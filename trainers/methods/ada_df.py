@@ -1,4 +1,4 @@
-"""Ada-DF: adaptive label-distribution fusion with an auxiliary branch (papers/ada-df-…; METHODS §10).
+"""Ada-DF: adaptive label-distribution fusion with an auxiliary branch (Liu et al., Ada-DF; docs/methods.md §10).
 
 A shared, frozen stem feeds two branches with the same architecture (their own upper encoder
 stages, pooling, attention ``Linear(feat, 1) + sigmoid`` and classifier): the *auxiliary* branch
@@ -16,7 +16,7 @@ The target branch carries the VA and AU heads, so the multi-task recipe is the s
 one; at inference only the stem and the target branch run (the eval forward skips the auxiliary
 branch unless ``auxiliary_outputs()`` asks for it, which class-distribution mining does).
 
-Following the authors' code (METHODS §10): the auxiliary softmax inside the fused target and the
+Following the authors' code (docs/methods.md §10): the auxiliary softmax inside the fused target and the
 normalised attention weight are not detached, the stem's batch-norm statistics keep updating in
 train mode, and branch logits (not features) are multiplied by their attention weight. Frames
 without an EXPR label take no part in the EXPR objective (rank regularisation and the min-max
@@ -42,7 +42,7 @@ __all__ = ["AdaDF", "AdaDFNet", "class_distributions_from_sums", "mine_class_dis
            "normalise_attention", "ramp_weights", "rank_regularisation", "split_encoder", "threshold_rows"]
 
 
-# --- formulas (METHODS §10) ----------------------------------------------------------------------
+# --- formulas (docs/methods.md §10) ----------------------------------------------------------------------
 
 def ramp_weights(epoch: int, beta: float) -> tuple[float, float]:
     """(α1, α2) of Eqs. 15-16, epochs counted from 1: CE weight α1 and KL weight α2."""
@@ -202,7 +202,7 @@ class AdaDFNet(nn.Module):
         feat, w_tar, z_tar = self.target(h)
         out = {"feat": feat, "va": torch.tanh(self.va_head(feat)), "expr": z_tar, "au": self.au_head(feat),
                "attention_target": w_tar}
-        if self.training or self._run_auxiliary:  # inference: target branch only (METHODS §10)
+        if self.training or self._run_auxiliary:  # inference: target branch only (docs/methods.md §10)
             _, w_aux, z_aux = self.auxiliary(h)
             out.update(expr_aux=z_aux, attention_auxiliary=w_aux, attention=(w_aux + w_tar) / 2)
         return out
@@ -238,7 +238,7 @@ def _matching_modules(original: nn.Module, copied: nn.Module, modules: list[nn.M
 
 @register_method("ada_df")
 class AdaDF(Method):
-    """Adaptive label-distribution fusion (METHODS §10). Defaults: AffectNet's t = 0.5 and β = 5
+    """Adaptive label-distribution fusion (docs/methods.md §10). Defaults: AffectNet's t = 0.5 and β = 5
     (RAF-DB: ``threshold: 0.7, beta: 3``)."""
 
     class Options(MethodOptions):
@@ -293,7 +293,7 @@ class AdaDF(Method):
                 "ada_df/own_class_mean": float(own[counts > 0].mean()) if (counts > 0).any() else 0.0}
 
     def expr_probabilities(self, out):
-        """The target branch alone (METHODS §10: the auxiliary branch is removed at inference)."""
+        """The target branch alone (docs/methods.md §10: the auxiliary branch is removed at inference)."""
         return out["expr"].float().softmax(-1)
 
     def state_dict(self):

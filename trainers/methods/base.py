@@ -6,7 +6,7 @@ variant (Ada-DF's two branches), may take an extra optimiser step after the main
 and adversarial steps) and may update state at epoch ends (Ada-DF's class distributions). The loop
 in ``trainers.engine`` never names a method.
 
-Every method inherits the circumplex-cost OT term (METHODS §5): ``cost`` / ``lam`` / ``consistency``
+Every method inherits the circumplex-cost OT term (docs/methods.md §5): ``cost`` / ``lam`` / ``consistency``
 in the method config add ``λ L_OT`` and the consistency term to the method's EXPR loss, so
 ``focal`` + ``cost: circumplex`` is the study's OT condition and ``cost: none`` its base recipe.
 
@@ -30,7 +30,7 @@ from torch import nn
 from trainers.data.labels import LabelSpace
 from trainers.losses import au_bce_loss, ccc_loss, focal_loss
 
-METHODS: dict[str, type[Method]] = {}
+METHOD_REGISTRY: dict[str, type[Method]] = {}
 
 
 class MethodOptions(BaseModel):
@@ -67,20 +67,20 @@ def register_method(name: str):
     """Class decorator: make a method reachable by name (like timm's ``register_model``)."""
 
     def wrap(cls: type[Method]) -> type[Method]:
-        if name in METHODS:
+        if name in METHOD_REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
         cls.name = name
         cls.defaults = cls.Options().model_dump()  # the options' defaults, in data
-        METHODS[name] = cls
+        METHOD_REGISTRY[name] = cls
         return cls
 
     return wrap
 
 
 def create_method(name: str, ctx: MethodContext, **options: Any) -> Method:
-    if name not in METHODS:
-        raise KeyError(f"unknown method {name!r} (registered: {', '.join(sorted(METHODS))})")
-    return METHODS[name](ctx, **options)
+    if name not in METHOD_REGISTRY:
+        raise KeyError(f"unknown method {name!r} (registered: {', '.join(sorted(METHOD_REGISTRY))})")
+    return METHOD_REGISTRY[name](ctx, **options)
 
 
 @dataclass
@@ -104,7 +104,7 @@ class MethodContext:
 
     @property
     def class_weights(self) -> torch.Tensor:
-        """Inverse training frequency normalised to mean 1 (METHODS §2); unseen classes weigh 0."""
+        """Inverse training frequency normalised to mean 1 (docs/methods.md §2); unseen classes weigh 0."""
         counts = self.class_counts.astype(np.float64)
         w = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
         present = w > 0
@@ -122,14 +122,14 @@ class StepState:
 
 
 class Method:
-    """Base recipe hooks (METHODS §2). Subclasses override what their paper changes."""
+    """Base recipe hooks (docs/methods.md §2). Subclasses override what their paper changes."""
 
     name: ClassVar[str] = "base"
     Options: ClassVar[type[MethodOptions]] = MethodOptions  # the method's own options (override)
     defaults: ClassVar[dict[str, Any]] = {}                 # derived from Options by register_method
     default_cost: ClassVar[str] = "none"
     needs_labels: ClassVar[tuple[str, ...]] = ()  # tasks ("va", "au") the training split must annotate
-    # names of modules in ``self.modules`` used only for training (dropped at inference, METHODS §10/§12)
+    # names of modules in ``self.modules`` used only for training (dropped at inference, docs/methods.md §10/§12)
     train_only: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: MethodContext, cost: str | None = None, lam: float = 1.0, consistency: float = 0.0,

@@ -1,4 +1,4 @@
-"""CAF: contrastive adversarial learning of strong vs weak emotions (papers/contrastive-adversarial-…; METHODS §12).
+"""CAF: contrastive adversarial learning of strong vs weak emotions (the CAF paper; docs/methods.md §12).
 
 The training frames with VA are split by Otsu thresholds into strong P (``r = ||x|| >= δ_r``) and weak
 Q (``r < δ_r``), ``δ_r = sqrt(δ_v² + δ_a²)`` with ``δ_v``/``δ_a`` Otsu's thresholds of |v| and |a| over
@@ -12,7 +12,7 @@ the encoder learns adversarially to make weak frames look strong to it. Each bat
    the encoder created in ``setup`` (it updates only the encoder parameters the schedule has
    unfrozen).
 
-Readings this file commits to (the paper leaves them open or garbled; METHODS §12):
+Readings this file commits to (the paper leaves them open or garbled; docs/methods.md §12):
 
 - *Critic loss (Eq. 7).* First term: the mean of ``D²`` over pairs of distinct strong frames.
   Second term: ½ the mean of ``max(0, α̂ - D²)`` over cross pairs (one strong, one weak) — the
@@ -33,7 +33,7 @@ Readings this file commits to (the paper leaves them open or garbled; METHODS §
 - ``RMSE`` = RMSE_v + RMSE_a (the authors' code); PCC and CCC are population moments over the
   batch's VA-valid frames.
 - Step 2 uses this batch's encoder features from the main forward (detached); step 3 re-runs the
-  encoder on the weak frames of ``batch["image"]``. ``adv_weight`` scales ``L_adv`` (METHODS: 1;
+  encoder on the weak frames of ``batch["image"]``. ``adv_weight`` scales ``L_adv`` (docs/methods.md: 1;
   the authors' code uses 0.1).
 """
 
@@ -84,7 +84,7 @@ def strong_weak_split(va) -> tuple[np.ndarray, dict[str, float]]:
     va = np.asarray(va, dtype=np.float64).reshape(-1, 2)
     valid = np.isfinite(va).all(axis=1)
     if not valid.any():
-        raise ValueError("method caf needs VA labels on the training split (METHODS §12)")
+        raise ValueError("method caf needs VA labels on the training split (docs/methods.md §12)")
     d_v, d_a = otsu_threshold(np.abs(va[valid, 0])), otsu_threshold(np.abs(va[valid, 1]))
     d_r = math.hypot(d_v, d_a)
     r = np.linalg.norm(np.nan_to_num(va), axis=1)
@@ -142,7 +142,7 @@ def critic_loss(z: torch.Tensor, strong: torch.Tensor, weak: torch.Tensor,
 
 
 class Critic(nn.Module):
-    """f_c: MLP 64-32-16 on encoder features (METHODS §12)."""
+    """f_c: MLP 64-32-16 on encoder features (docs/methods.md §12)."""
 
     def __init__(self, feat_dim: int) -> None:
         super().__init__()
@@ -154,7 +154,7 @@ class Critic(nn.Module):
 
 @register_method("caf")
 class CAF(Method):
-    """Strong/weak critic + adversarial encoder steps; L_AV for VA (METHODS §12)."""
+    """Strong/weak critic + adversarial encoder steps; L_AV for VA (docs/methods.md §12)."""
 
     class Options(MethodOptions):
         c: float = Field(0.05, gt=0.0)            # confidence constant of the margin (Eq. 8)
@@ -184,7 +184,7 @@ class CAF(Method):
         self.adv_opt = torch.optim.Adam(self._encoder_params, lr=float(self.options["adv_lr"]))
 
     def main_optimizer_modules(self):
-        return []  # the critic has its own optimiser (METHODS §12)
+        return []  # the critic has its own optimiser (docs/methods.md §12)
 
     def va_loss(self, out, batch):
         if batch["n"]["va"] < 2:

@@ -1,4 +1,4 @@
-"""Dual-domain affect label fusion (papers/dual-domain-affect-fusion.md; METHODS §9).
+"""Dual-domain affect label fusion (Neo et al., dual-domain affect fusion; docs/methods.md §9).
 
 Each training frame's VA annotation is turned into a *mixed label* over the K classes — from its
 distances to the class centroids (Euclidean, Eq. 3) or from the posterior of a Gaussian mixture
@@ -7,9 +7,9 @@ with one fixed component per class (GMM, Eq. 2) — and fused with the one-hot l
 ``W·CE(y, p) + W·(1 - cos(y, p))`` (Eqs. 5-7) plus its weighted VA regression ``W·||x - x̂||²``
 (Eq. 8).
 
-Choices this file makes (METHODS §9 leaves them open):
+Choices this file makes (docs/methods.md §9 leaves them open):
 
-- *Where the VA L2 goes.* The shared recipe keeps its CCC task loss for VA (METHODS §2: only the
+- *Where the VA L2 goes.* The shared recipe keeps its CCC task loss for VA (docs/methods.md §2: only the
   EXPR side changes between conditions), and the paper's weighted L2 is added inside the EXPR
   objective with weight ``va_l2`` (default 1.0, the paper's Eq. 9; 0 drops it). It is averaged over
   the batch's VA-valid frames; a frame with VA but no EXPR label has no true class, so its weight
@@ -25,7 +25,7 @@ Choices this file makes (METHODS §9 leaves them open):
   the class keeps all its frames. The covariance of the kept frames is the population one
   (ddof 0) plus 1e-6·I so that a degenerate class still has a density.
 - *Prior* ``π_k = N_k / N`` over all EXPR-labelled training frames (not only those with VA).
-- *Sampling: natural (the paper's and METHODS §9's).* The paper trains on the natural class
+- *Sampling: natural (the paper's and docs/methods.md §9's).* The paper trains on the natural class
   distribution with ``W_k = N_max/N_k`` as its one imbalance correction; on top of the shared
   inverse-frequency oversampler W_k would compensate twice. So by default (``natural_sampling:
   true``) frames are drawn without class weights; ``natural_sampling: false`` uses the shared
@@ -57,7 +57,7 @@ COVARIANCE_RIDGE = 1e-6
 
 @dataclass(frozen=True)
 class ClassVAStatistics:
-    """Per-class VA statistics of METHODS §9; a class without VA frames has NaN centroid/covariance."""
+    """Per-class VA statistics of docs/methods.md §9; a class without VA frames has NaN centroid/covariance."""
 
     centroids: np.ndarray    # (K, 2)
     covariances: np.ndarray  # (K, 2, 2), population covariance of the frames within one std
@@ -70,7 +70,7 @@ class ClassVAStatistics:
 
 def class_va_statistics(va, expr, num_classes: int, class_counts=None) -> ClassVAStatistics:
     """Centroid and covariance per class from the frames within one standard deviation of the
-    class mean in both v and a (METHODS §9); prior from ``class_counts`` (default: ``expr``)."""
+    class mean in both v and a (docs/methods.md §9); prior from ``class_counts`` (default: ``expr``)."""
     va = np.asarray(va, dtype=np.float64).reshape(-1, 2)
     expr = np.asarray(expr).astype(np.int64).reshape(-1)
     joint = (expr >= 0) & np.isfinite(va).all(axis=1)
@@ -167,7 +167,7 @@ def fused_labels(onehot: torch.Tensor, mixed: torch.Tensor, alpha: float) -> tor
 
 @register_method("dual_fusion")
 class DualFusion(Method):
-    """Fused one-hot/VA-mixed labels with the paper's weighted CE + cosine + VA L2 (METHODS §9)."""
+    """Fused one-hot/VA-mixed labels with the paper's weighted CE + cosine + VA L2 (docs/methods.md §9)."""
 
     class Options(MethodOptions):
         mixed: Literal["euclidean", "gmm"] = "euclidean"  # how a VA point becomes a mixed label
@@ -185,7 +185,7 @@ class DualFusion(Method):
         va = index[["valence", "arousal"]].to_numpy(np.float64)
         expr = index["expr"].to_numpy()
         if not np.isfinite(va).all(axis=1).any():
-            raise ValueError("method dual_fusion needs VA labels on the training split (METHODS §9)")
+            raise ValueError("method dual_fusion needs VA labels on the training split (docs/methods.md §9)")
         self.stats = class_va_statistics(va, expr, ctx.num_classes, ctx.class_counts)
         table = mixed_label_table(va, expr, self.stats, o["mixed"], bool(o["squared"]))
         self.mixed_table = torch.as_tensor(table, dtype=torch.float32)

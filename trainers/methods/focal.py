@@ -1,6 +1,6 @@
-"""The base recipe's EXPR loss: class-weighted focal cross-entropy (METHODS §2), and ``ot``.
+"""The base recipe's EXPR loss: class-weighted focal cross-entropy (docs/methods.md §2), and ``ot``.
 
-``ot`` is the same objective with the circumplex-cost OT term on by default (METHODS §5); any
+``ot`` is the same objective with the circumplex-cost OT term on by default (docs/methods.md §5); any
 method can take ``cost``/``lam``, so the two names only differ in their default cost.
 """
 
@@ -13,7 +13,7 @@ from trainers.methods.base import Method, MethodOptions, register_method
 
 @register_method("focal")
 class Focal(Method):
-    """Class-weighted focal CE, γ = 2 (the study's γ is not legible; METHODS §2 default)."""
+    """Class-weighted focal CE, γ = 2 (the study's γ is not legible; docs/methods.md §2 default)."""
 
     class Options(MethodOptions):
         gamma: float = Field(2.0, ge=0.0)  # focusing parameter γ
@@ -21,6 +21,6 @@ class Focal(Method):
 
 @register_method("ot")
 class CircumplexOT(Focal):
-    """Focal CE + λ·L_OT with the circumplex cost unless another ``cost`` is given (METHODS §5)."""
+    """Focal CE + λ·L_OT with the circumplex cost unless another ``cost`` is given (docs/methods.md §5)."""
 
     default_cost = "circumplex"

@@ -1,4 +1,4 @@
-"""GReFEL reliability balancing on a backbone embedding (papers/grefel-reliability-balancing.md; METHODS §11).
+"""GReFEL reliability balancing on a backbone embedding (Wasi et al., GReFEL; docs/methods.md §11).
 
 The embedding ``e`` of any backbone feeds (i) the primary MLP, ``l = softmax(MLP(e))`` (Eq. 9);
 (ii) geometric correction by learnable anchors, ``K_a`` per class, ``s = softmax over all anchors of
@@ -6,7 +6,7 @@ The embedding ``e`` of any backbone feeds (i) the primary MLP, ``l = softmax(MLP
 multi-head self-attention over ``e`` projected to K, ``t_a = softmax`` (Eqs. 16-17). They are fused by
 confidence ``C_f(q) = 1 - H(q)/log K``: ``t = (c_g t_g + c_a t_a)/(c_g + c_a)`` and
 ``L_final = (c_l l + c_t t)/(c_l + c_t)`` (Eqs. 18-19); the prediction is ``argmax L_final``.
-The paper's IR50 + landmark cross-attention ViT is out of scope (METHODS §11).
+The paper's IR50 + landmark cross-attention ViT is out of scope (docs/methods.md §11).
 
 Choices this file makes:
 
@@ -93,7 +93,7 @@ class ReliabilityBalancing(nn.Module):
                  hidden: int = 64, dropout: float = 0.5, tokens: int = 8, attn_dim: int = 64, heads: int = 1) -> None:
         super().__init__()
         self.num_classes, self.anchors_per_class, self.delta = num_classes, anchors_per_class, delta
-        # METHODS §11: two hidden layers of 64, each ReLU, BN, dropout 0.5
+        # docs/methods.md §11: two hidden layers of 64, each ReLU, BN, dropout 0.5
         self.mlp = nn.Sequential(
             nn.Linear(feat_dim, hidden), nn.ReLU(), _BatchNorm1d(hidden), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.ReLU(), _BatchNorm1d(hidden), nn.Dropout(dropout),
@@ -151,7 +151,7 @@ class GReFELNet(nn.Module):
 
 @register_method("grefel")
 class GReFEL(Method):
-    """Reliability balancing: NLL on L_final + center loss (+ anchor loss in ``backward``), METHODS §11."""
+    """Reliability balancing: NLL on L_final + center loss (+ anchor loss in ``backward``), docs/methods.md §11."""
 
     class Options(MethodOptions):
         anchors_per_class: int = Field(10, ge=1)

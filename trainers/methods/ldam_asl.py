@@ -1,11 +1,11 @@
-"""``ldam_asl``: a frequency-based imbalance baseline of the study's §5.6 (METHODS §8). It changes one
+"""``ldam_asl``: a frequency-based imbalance baseline of the study's §5.6 (docs/methods.md §8). It changes one
 thing of the base recipe and keeps the rest (sampler, VA loss, weighting).
 
 LDAM for EXPR (Cao et al. 2019) — margins ``Δ_k = C n_k^{-1/4}`` with C such that the
 largest margin is 0.5, loss ``CE(s (cos - Δ_y onehot_y), y)`` with s = 30. The scale s = 30 belongs
 to LDAM's normalised (cosine) classifier, so the EXPR head is a cosine head whose output
 ``s · cos(w_k, f)`` is the logit seen everywhere else (prediction, OT term); LDAM subtracts
-``s Δ_y`` from the true logit. No deferred re-weighting (METHODS names none). AU: asymmetric loss
+``s Δ_y`` from the true logit. No deferred re-weighting (docs/methods.md §8 names none). AU: asymmetric loss
 (Ridnik et al. 2021), ``γ- = 4, γ+ = 0``, probability shift (clip) 0.05, averaged over the
 labelled units (the AU mask), in place of the weighted BCE.
 """
@@ -73,7 +73,7 @@ class CosineHead(nn.Module):
 
 @register_method("ldam_asl")
 class LDAMASL(Method):
-    """LDAM for EXPR (max margin 0.5, s = 30) with ASL for AU (γ- 4, γ+ 0, clip 0.05); METHODS §8."""
+    """LDAM for EXPR (max margin 0.5, s = 30) with ASL for AU (γ- 4, γ+ 0, clip 0.05); docs/methods.md §8."""
 
     class Options(MethodOptions):
         max_margin: float = Field(0.5, ge=0.0)       # LDAM margin of the rarest class

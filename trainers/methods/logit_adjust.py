@@ -1,4 +1,4 @@
-"""``logit_adjust``: a frequency-based imbalance baseline of the study's §5.6 (METHODS §8). It changes
+"""``logit_adjust``: a frequency-based imbalance baseline of the study's §5.6 (docs/methods.md §8). It changes
 one thing of the base recipe and keeps the rest (VA loss, weighting; the sampler: see below).
 
 The logit-adjusted loss (Menon et al. 2021), ``CE(z + τ log π, y)`` with τ = 1 and
@@ -35,11 +35,11 @@ def logit_adjusted_loss(logits: torch.Tensor, target: torch.Tensor, log_prior: t
 
 @register_method("logit_adjust")
 class LogitAdjust(Method):
-    """``CE(z_k + τ log π_k)`` at training, τ = 1, π the training class frequencies (METHODS §8)."""
+    """``CE(z_k + τ log π_k)`` at training, τ = 1, π the training class frequencies (docs/methods.md §8)."""
 
     class Options(MethodOptions):
         tau: float = Field(1.0, ge=0.0)              # τ of the logit adjustment
-        natural_sampling: bool = True                # the natural prior the adjustment assumes (METHODS §8)
+        natural_sampling: bool = True                # the natural prior the adjustment assumes (docs/methods.md §8)
 
     def __init__(self, ctx, **kwargs) -> None:
         super().__init__(ctx, **kwargs)

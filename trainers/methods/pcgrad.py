@@ -1,4 +1,4 @@
-"""``pcgrad``: multi-task gradient surgery, a baseline of the study's §5.6 (METHODS §8). Not an imbalance
+"""``pcgrad``: multi-task gradient surgery, a baseline of the study's §5.6 (docs/methods.md §8). Not an imbalance
 correction: it changes how the task gradients are combined and keeps the rest of the base recipe.
 
 Gradient surgery (Yu et al. 2020) across the uncertainty-weighted task losses on the
@@ -35,7 +35,7 @@ def pcgrad_combine(grads: list[torch.Tensor], generator: torch.Generator | None 
 
 @register_method("pcgrad")
 class PCGrad(Method):
-    """Focal EXPR loss; PCGrad across the weighted VA/EXPR/AU losses on the shared encoder (METHODS §8)."""
+    """Focal EXPR loss; PCGrad across the weighted VA/EXPR/AU losses on the shared encoder (docs/methods.md §8)."""
 
     class Options(MethodOptions):
         gamma: float = Field(2.0, ge=0.0)            # focal γ of the EXPR loss

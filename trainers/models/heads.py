@@ -1,4 +1,4 @@
-"""The shared encoder with the three linear heads of the base recipe (METHODS §2)."""
+"""The shared encoder with the three linear heads of the base recipe (docs/methods.md §2)."""
 
 from __future__ import annotations
 
