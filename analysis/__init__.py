@@ -7,5 +7,5 @@ Modules (import what you need; this package imports nothing heavy by itself):
 family, decided), ``isolation``, ``study`` (everything computed for a
 report), ``tables``, ``figures``, ``report`` (``run_analysis``, ``affsweep analyze``); ``dotted``
 (dotted key paths, shared with the orchestrator). A fake sweep for tests and benchmarks is
-``tests/fake_sweep.py``.
+``tests/support/fake_sweep.py``.
 """

@@ -26,7 +26,7 @@ from analysis.plan import AnalysisPlan  # noqa: E402
 from analysis.report import run_analysis  # noqa: E402
 from analysis.results import load_sweep  # noqa: E402
 from analysis.study import analyze  # noqa: E402
-from tests.fake_sweep import write_demo_sweep  # noqa: E402
+from tests.support.fake_sweep import write_demo_sweep  # noqa: E402
 
 COSTS = ("none", "circumplex", "permuted", "uniform")
 

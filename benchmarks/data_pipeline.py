@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fixtures_datasets import make_affwild2_tree  # noqa: E402
+from tests.support.datasets import make_affwild2_tree  # noqa: E402
 from trainers.data.affwild2 import load_affwild2  # noqa: E402
 from trainers.data.cache import build_cache, decode_image, open_cache  # noqa: E402
 

@@ -32,7 +32,8 @@ from pathlib import Path
 
 from orchestrator import mlflow_ui, tracking
 from orchestrator import sweep_dir as record
-from orchestrator.expand import SweepPlan, Trial, format_dry_run, load_sweep
+from orchestrator.dry_run import format_dry_run
+from orchestrator.expand import SweepPlan, Trial, load_sweep
 from orchestrator.preflight import check_sweep
 from orchestrator.spec import ConfigError
 
@@ -240,7 +241,8 @@ def _run_tune(plan: SweepPlan, sweep_dir: Path, pending: list[Trial], run_ids: d
         params = [_trial_param(t, sweep_dir, run_ids[t.trial_id], failures) for t in pending]
         fn, space, columns = train_trial, {"trial": tune.grid_search(params)}, ("trial/condition", "trial/seed")
         if spec.pack is not None:  # one Ray trial per pack, with one trial's resources (one process)
-            from orchestrator.packed_trainable import pack_param, pack_trials, train_pack
+            from orchestrator.packed_trainable import train_pack
+            from orchestrator.packing import pack_param, pack_trials
 
             by_id = dict(zip((t.trial_id for t in pending), params))
             packs = [pack_param(p, [by_id[t.trial_id] for t in p], spec.pack.by)

@@ -20,7 +20,6 @@ unpacked trainable does.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import time
@@ -29,26 +28,14 @@ from pathlib import Path
 
 from orchestrator import sweep_dir as record
 from orchestrator import tracking
-from orchestrator.expand import condition_label, pack_trials  # noqa: F401  (pack_trials: re-exported)
 
-# orchestrator.trainable (train_trial's helpers, and Ray) is imported where a pack runs, so that the
-# driver's planning (pack_trials, --dry-run) does not import Ray
-__all__ = ["PackFailed", "pack_param", "pack_trials", "train_pack"]
+# orchestrator.trainable (train_trial's helpers, and Ray) is imported where a pack runs; the driver's
+# planning of packs is orchestrator.packing (no Ray)
+__all__ = ["PackFailed", "train_pack"]
 
 
 class PackFailed(RuntimeError):
     """Some members of a pack failed (the others finished); Ray may retry the pack."""
-
-
-# --- planning (driver side; the grouping itself is expand.pack_trials) ----------------------------------
-
-def pack_param(members: list, params: list[dict], by: list[str]) -> dict:
-    """The pack's entry in Tune's param space: an id, what its members share, and their trial params."""
-    ids = [t.trial_id for t in members]
-    shared = {k: v for k, v in members[0].axes.items() if k not in by}
-    return {"pack_id": "pack-" + hashlib.sha256(",".join(ids).encode()).hexdigest()[:10],
-            "condition": condition_label(shared), "seeds": sorted({t.seed for t in members}),
-            "trial_ids": ids, "members": params}
 
 
 # --- the trainable (Ray worker side) ------------------------------------------------------------------

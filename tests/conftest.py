@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+from tests.support.ray_local import stop_ray_local
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 torch.set_num_threads(1)
@@ -60,15 +62,6 @@ def ray_local():
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
-
-
-def stop_ray_local() -> None:
-    """Shut down this process's Ray, if it has one (pytest's own process: ``ray_local``)."""
-    import sys
-
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -24,7 +24,7 @@ from analysis.report import run_analysis
 from analysis.results import SweepResults, metric_columns
 from analysis.study import analyze
 from analysis.tables import error_structure_table, method_table
-from tests.fake_sweep import write_demo_sweep
+from tests.support.fake_sweep import write_demo_sweep
 
 C, U, N, P = ({"method.cost": c} for c in ("circumplex", "uniform", "none", "permuted"))
 STUDY_PLAN = {

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.fixtures_datasets import make_affectnet_tree, make_affwild2_tree, write_garbage, write_image
+from tests.support.datasets import make_affectnet_tree, make_affwild2_tree, write_garbage, write_image
 from trainers.data import cache as cache_mod
 from trainers.data.affectnet import load_affectnet
 from trainers.data.affwild2 import load_affwild2

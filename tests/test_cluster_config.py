@@ -13,22 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.leaks import leaks
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 
 # what a leaked secret looks like: key material, or a secret-named key with a literal value
-SECRET_PATTERNS = [
-    re.compile(r"AKIA[0-9A-Z]{16}"),                                  # AWS access key id
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-    re.compile(r"(?i)(password|secret|token|access_key)[\w]*\s*[:=]\s*['\"]?(?![$'\"]|change-me)[^\s'\"$]{6,}"),
-    re.compile(r"://[^/\s:@$]+:[^/\s@$]+@"),                            # user:password@ in a URI
-]
-
-
-def leaks(text: str) -> list[str]:
-    return [m.group(0) for p in SECRET_PATTERNS for m in p.finditer(text)]
-
-
 def test_secret_patterns_catch_what_they_should():
     assert leaks("password: hunter2hunter2") and leaks("uri: postgresql://bob:pw1234@db/x")
     assert leaks("AWS_SECRET_ACCESS_KEY=abcdef123456") and leaks("key AKIAABCDEFGHIJKLMNOP")

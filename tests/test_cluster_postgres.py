@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_cluster_multinode import REPO, MlflowServer, free_ports, listening_addresses, sweep_yaml
 
 from orchestrator.expand import load_sweep
+from tests.support.services import REPO, MlflowServer, free_ports, listening_addresses
+from tests.support.sweeps import sweep_yaml
 
 
 def postgres_bin() -> Path:
@@ -114,7 +115,7 @@ def test_sweep_against_mlflow_on_postgresql_logs_everything_exactly_once(tmp_pat
         assert listening_addresses(db.port) == {"127.0.0.1"}
         server.start(env={"PGPASSWORD": db.password}, timeout=240)
         yaml = sweep_yaml(tmp_path / "pg.yaml", name="pg", uri=server.uri, storage=tmp_path / "runs",
-                          grid="  seed: [0]\n  method.cost: [none, circumplex]", epochs=2)
+                          grid={"seed": [0], "method.cost": ["none", "circumplex"]}, epochs=2)
         plan = load_sweep(yaml)
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AIR_NEW_OUTPUT": "0",
                "AFFSWEEP_TEST_SECRET": canary, "AWS_SECRET_ACCESS_KEY": canary}

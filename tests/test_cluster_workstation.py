@@ -30,10 +30,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import stop_ray_local
-from test_cluster_multinode import REPO, _processes, free_ports, kill_all, listening_addresses, sweep_yaml
 
 from orchestrator.expand import load_sweep
+from tests.support.ray_local import stop_ray_local
+from tests.support.services import REPO, free_ports, kill_all, listening_addresses, processes
+from tests.support.sweeps import sweep_yaml
 
 VENV_BIN = Path(sys.executable).parent
 RAY = str(VENV_BIN / "ray")
@@ -68,7 +69,7 @@ def sshd_and_rsync() -> str:
 def processes_under(marker: str, env_marker: str) -> set[int]:
     """Processes whose command line contains ``marker`` or whose environment contains ``env_marker``
     (everything started in the remote session inherits its temporary HOME), and their descendants."""
-    procs = _processes()
+    procs = processes()
     found = set()
     for pid, (_, cmd) in procs.items():
         if pid == os.getpid():
@@ -136,7 +137,7 @@ SetEnv HOME={self.remote_home}
 
     def stop(self) -> None:
         if self.proc is not None:
-            with_children = {self.proc.pid} | {pid for pid, (ppid, _) in _processes().items() if ppid == self.proc.pid}
+            with_children = {self.proc.pid} | {pid for pid, (ppid, _) in processes().items() if ppid == self.proc.pid}
             kill_all(with_children)
             self.proc.wait(timeout=30)
             self.log.close()
@@ -177,7 +178,7 @@ def test_ray_up_submit_down_on_a_workstation_over_ssh(tmp_path):
         assert "${AFFSWEEP" not in config.read_text()
 
         yaml = sweep_yaml(tmp_path / "ws.yaml", name="ws", uri="local", storage=tmp_path / "runs",
-                          grid="  seed: [0]\n  method.cost: [none, circumplex]", epochs=1, retries=0)
+                          grid={"seed": [0], "method.cost": ["none", "circumplex"]}, epochs=1, retries=0)
         plan = load_sweep(yaml)
         env = {**os.environ, "HOME": str(local_home), "PATH": f"{bindir}:{VENV_BIN}:{os.environ['PATH']}",
                "RAY_USAGE_STATS_ENABLED": "0"}
@@ -229,7 +230,8 @@ def test_workstation_yaml_validates_against_rays_schema_and_holds_no_secret():
     import jsonschema
     import ray
     import yaml
-    from test_cluster_config import leaks
+
+    from tests.support.leaks import leaks
 
     text = (REPO / "docker" / "workstation.yaml").read_text()
     assert not leaks(text)

@@ -19,6 +19,7 @@ from analysis.plan import AnalysisPlan
 from analysis.results import _normalise, plan_of
 from orchestrator.cli import main as cli_main
 from orchestrator.expand import load_sweep
+from tests.support.sweeps import sweep_yaml
 from trainers.config import ConfigError
 from trainers.costs import register_cost
 
@@ -312,26 +313,6 @@ def test_preflight_checks_the_source_of_a_mapping(tmp_path, capsys, cost, words)
 
 # --- end to end -----------------------------------------------------------------------------------
 
-TINY = """\
-name: controls-e2e
-base:
-  dataset: {{name: synthetic, preset: affwild2_like, n: 600, image_size: 32}}
-  backbone: {{name: test_resnet, pretrained: false}}
-  method: {{name: focal}}
-  epochs: 1
-  batch_size: 64
-  warmup_epochs: 0
-  unfreeze_fraction: 1.0
-  ema_warmup: true
-grid:
-  seed: [0, 1]
-  method.cost: ["{file}"]
-controls: auto
-resources: {{cpu: 1}}
-failure: {{max_retries: 0}}
-tracking: {{uri: {uri}, experiment: controls-e2e}}
-storage: {storage}
-"""
 
 
 @pytest.mark.slow
@@ -340,7 +321,9 @@ def test_affsweep_run_of_a_controls_auto_sweep(tmp_path, ray_local, mlflow_http,
     """``affsweep run`` in this process, on the session's Ray and MLflow server (conftest)."""
     monkeypatch.chdir(REPO)  # the cost file's path is relative to the clone, as in a user's run
     path = tmp_path / "tiny.yaml"
-    path.write_text(TINY.format(file=FILE, storage=tmp_path / "runs", uri=mlflow_http.uri))
+    sweep_yaml(path, name="controls-e2e", storage=tmp_path / "runs", uri=mlflow_http.uri, epochs=1, retries=0,
+               eval_every=None, base={"dataset": {"image_size": 32}, "batch_size": 64, "ema_warmup": True},
+               grid={"seed": [0, 1], "method.cost": [FILE]}, analysis={}, extra={"controls": "auto"})
     assert cli_main(["run", str(path)]) == 0, capsys.readouterr().out[-3000:]
     plan = load_sweep(path)
     sweep_dir = plan.spec.sweep_dir()

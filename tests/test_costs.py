@@ -168,7 +168,7 @@ def test_uniform_control_is_the_sources_off_diagonal_mean(tmp_path):
 
 @pytest.fixture(scope="module")
 def toy():
-    from tests.test_ot_loss import toy_index
+    from tests.support.toy_index import toy_index
 
     df, _ = toy_index(n=1200)
     return df, estimate_geometry(df, AFFWILD2, n_boot=50)
@@ -245,7 +245,7 @@ def test_cost_typos_still_name_the_closest_value():
 # --- registered functions ------------------------------------------------------------------------
 
 def test_a_registered_function_is_called_with_what_the_trial_knows_and_used(toy):
-    from tests.test_ot_loss import make_ctx
+    from tests.support.toy_index import make_ctx
     from trainers.losses.ot import build_ot_term
 
     df, geo = toy

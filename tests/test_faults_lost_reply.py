@@ -23,8 +23,7 @@ import pytest
 
 from orchestrator import sweep_dir as record
 from orchestrator import tracking
-from orchestrator.expand import load_sweep
-from tests.test_orchestrator_tracking import SWEEP, finish
+from tests.support.finished_trials import finish_trial, small_plan
 
 pytestmark = [pytest.mark.slow, pytest.mark.ci]
 
@@ -189,9 +188,7 @@ def retries(request, monkeypatch):
 
 @pytest.fixture
 def plan(tmp_path):
-    path = tmp_path / "s.yaml"
-    path.write_text(SWEEP.replace("STORAGE", str(tmp_path / "runs")))
-    return load_sweep(path)
+    return small_plan(tmp_path)
 
 
 _experiments = iter(range(10**6))
@@ -251,7 +248,7 @@ def test_lost_reply_to_the_final_result_lands_it_once(proxy, plan, tmp_path, ret
     t = plan.trials[0]
     run_id = tracker.ensure_trial_run(t, {})
     sweep_dir = tmp_path / "runs" / "t"
-    result = finish(sweep_dir, t, 0.4)
+    result = finish_trial(sweep_dir, t, 0.4)
     tdir = record.trial_dir(sweep_dir, t.trial_id)
     history = record.read_json(tdir / "history.json")
     proxy.lose({"final metrics": request_to("runs/log-batch", where=has_metric("train_seconds")),
@@ -320,7 +317,7 @@ def test_lost_reply_to_a_summary_write_keeps_one_summary_per_condition(proxy, pl
     tracker = tracker_via(proxy, plan)
     sweep_dir = tmp_path / "runs" / "t"
     for i, t in enumerate(plan.trials[:4]):  # 2 of 3 seeds of each condition
-        finish(sweep_dir, t, 0.1 * (i + 1))
+        finish_trial(sweep_dir, t, 0.1 * (i + 1))
     proxy.lose({"summary creation": request_to("runs/create", where=has_tag(tracking.KIND, "summary")),
                 "summary metrics": request_to("runs/log-batch", where=has_metric("p_mtl/mean"))}[lost])
     try:
@@ -329,7 +326,7 @@ def test_lost_reply_to_a_summary_write_keeps_one_summary_per_condition(proxy, pl
         assert retries == 0
     tracking.refresh_summaries(plan, sweep_dir, tracker)
     assert len(proxy.lost) == 1
-    finish(sweep_dir, plan.trials[4], 0.9)  # a seed finishes later (or in a resumed sweep)
+    finish_trial(sweep_dir, plan.trials[4], 0.9)  # a seed finishes later (or in a resumed sweep)
     tracking.refresh_summaries(plan, sweep_dir, tracker)
     tracking.refresh_summaries(plan, sweep_dir, tracker)  # the resumed sweep's final refresh: no news
     summaries = tracker.runs("summary")

@@ -27,7 +27,8 @@ import pytest
 
 from orchestrator import sweep_dir as record
 from orchestrator.expand import load_sweep
-from tests.test_cluster_multinode import MlflowServer, RayCluster, affsweep_run, finish, processes_of, sweep_yaml
+from tests.support.services import MlflowServer, RayCluster, affsweep_run, finish, processes_of
+from tests.support.sweeps import sweep_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.ci]
 
@@ -98,7 +99,7 @@ def check_exactly_once(server: MlflowServer, plan, sweep_dir: Path, epochs: int,
 @pytest.mark.timeout(600)
 def test_worker_killed_mid_training_is_retried_from_its_checkpoint(tmp_path, cluster, server):
     yaml = sweep_yaml(tmp_path / "kill_worker.yaml", name="kill_worker", uri=server.uri, storage=tmp_path / "runs",
-                      grid="  seed: [0]\n  method.cost: [none, circumplex]", epochs=3, retries=1)
+                      grid={"seed": [0], "method.cost": ["none", "circumplex"]}, epochs=3, retries=1)
     plan = load_sweep(yaml)
     sweep_dir = plan.spec.sweep_dir()
     proc = affsweep_run(yaml, cluster.address, cluster.env, wait=False)
@@ -131,7 +132,7 @@ def test_worker_killed_mid_training_is_retried_from_its_checkpoint(tmp_path, clu
 @pytest.mark.timeout(720)
 def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(tmp_path, cluster, server):
     yaml = sweep_yaml(tmp_path / "kill_driver.yaml", name="kill_driver", uri=server.uri, storage=tmp_path / "runs",
-                      grid="  seed: [0, 1]\n  method.cost: [none, circumplex]", epochs=2, retries=0)
+                      grid={"seed": [0, 1], "method.cost": ["none", "circumplex"]}, epochs=2, retries=0)
     plan = load_sweep(yaml)
     sweep_dir = plan.spec.sweep_dir()
     proc = affsweep_run(yaml, cluster.address, cluster.env, wait=False)
@@ -169,7 +170,7 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(tmp_p
 def test_mlflow_outage_mid_sweep_loses_nothing(tmp_path, cluster, server):
     epochs = 6
     yaml = sweep_yaml(tmp_path / "outage.yaml", name="outage", uri=server.uri, storage=tmp_path / "runs",
-                      grid="  seed: [0]\n  method.cost: [none, circumplex]", epochs=epochs, retries=0)
+                      grid={"seed": [0], "method.cost": ["none", "circumplex"]}, epochs=epochs, retries=0)
     plan = load_sweep(yaml)
     sweep_dir = plan.spec.sweep_dir()
     proc = affsweep_run(yaml, cluster.address, cluster.env, wait=False)
@@ -206,7 +207,7 @@ def test_mlflow_outage_mid_sweep_loses_nothing(tmp_path, cluster, server):
 @pytest.mark.timeout(480)
 def test_nan_loss_fails_the_trial_once_with_its_reason(tmp_path, cluster, server):
     yaml = sweep_yaml(tmp_path / "nan.yaml", name="nan", uri=server.uri, storage=tmp_path / "runs",
-                      grid="  seed: [0]\n  method.cost: [none]\n  lr: [0.003, 1.0e+30]", epochs=2,
+                      grid={"seed": [0], "method.cost": ["none"], "lr": [0.003, 1.0e+30]}, epochs=2,
                       retries=2, primary=False)
     plan = load_sweep(yaml)
     sweep_dir = plan.spec.sweep_dir()

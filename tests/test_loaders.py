@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.fixtures_datasets import (
+from tests.support.datasets import (
     AFFECTNET_NAMES,
     AU,
     COLUMNS,

@@ -24,32 +24,16 @@ from orchestrator import sweep_dir as record
 from orchestrator import tracking
 from orchestrator.driver import run_sweep
 from orchestrator.expand import load_sweep
-from tests.test_cluster_multinode import listening_addresses
+from tests.support.services import listening_addresses
+from tests.support.sweeps import CIRCUMPLEX_VS_NONE, sweep_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-SWEEP = """\
-name: e2e
-base:
-  dataset: {{name: synthetic, preset: affwild2_like, n: 300, image_size: 24}}
-  backbone: {{name: test_resnet}}
-  epochs: 2
-  batch_size: 32
-  warmup_epochs: 0
-  unfreeze_fraction: 1.0
-  eval_batch_size: 128
-  eval_every: 1  # evaluate every epoch: p_mtl is followed through every epoch below
-grid:
-  seed: {seeds}
-  method.cost: [none, circumplex]
-resources: {{cpu: 1}}
-failure: {{max_retries: 1}}
-tracking: {{uri: {uri}, experiment: e2e}}
-analysis:
-  primary: [{{contrast: [{{method.cost: circumplex}}, {{method.cost: none}}], metric: p_mtl}}]
-  exploratory: [p_mtl, va_ccc]
-storage: {storage}
-"""
+def write_sweep(path: Path, seeds: list[int], uri: str, storage: Path, **options) -> Path:
+    """The tiny sweep of these tests on 300 frames: {none, circumplex} x ``seeds``, circumplex vs none declared."""
+    return sweep_yaml(path, name="e2e" if "name" not in options else options.pop("name"), storage=storage, uri=uri,
+                      grid={"seed": seeds, "method.cost": ["none", "circumplex"]}, base={"dataset": {"n": 300}},
+                      analysis={"primary": [CIRCUMPLEX_VS_NONE], "exploratory": ["p_mtl", "va_ccc"]}, **options)
 
 
 def trial_runs(client, experiment_id: str) -> list:
@@ -66,10 +50,9 @@ def test_sweep_retries_fails_resumes_and_never_duplicates(tmp_path, ray_local, m
     path = tmp_path / "e2e.yaml"
 
     def write(seeds):
-        path.write_text(SWEEP.format(seeds=seeds, uri=mlflow_server.uri, storage=tmp_path / "runs"))
-        return load_sweep(path)
+        return load_sweep(write_sweep(path, seeds, mlflow_server.uri, tmp_path / "runs"))
 
-    plan = write("[0, 1]")
+    plan = write([0, 1])
     sweep_dir = plan.spec.sweep_dir()
     ids = [t.trial_id for t in plan.trials]
     flaky, broken = ids[0], ids[3]
@@ -142,7 +125,7 @@ def test_sweep_retries_fails_resumes_and_never_duplicates(tmp_path, ray_local, m
     assert record.read_json(sweep_dir / "mlflow.json")["parent_run_id"] == info["parent_run_id"]
 
     # --- 4. add a seed: exactly its two trials run; the analysis runs when the sweep completes -----
-    plan = write("[0, 1, 2]")
+    plan = write([0, 1, 2])
     new = [t.trial_id for t in plan.trials if t.seed == 2]
     out = run_sweep(plan, sweep_dir, analyze=True, say=said.append)
     assert out.exit_code == 0 and out.started == new and sorted(out.done) == sorted(ids + new)
@@ -168,8 +151,7 @@ def test_cli_local_tracking_interrupt_and_resume(tmp_path):
     """`affsweep run` with tracking.uri: local; Ctrl-C mid-sweep keeps finished trials, stops the
     MLflow server; the rerun resumes and never re-runs a finished trial; `status` reports it."""
     path = tmp_path / "local.yaml"
-    path.write_text(SWEEP.format(seeds="[0, 1, 2]", uri="local", storage=tmp_path / "runs")
-                    .replace("epochs: 2", "epochs: 3").replace("max_retries: 1", "max_retries: 0"))
+    write_sweep(path, [0, 1, 2], "local", tmp_path / "runs", epochs=3, retries=0)
     plan = load_sweep(path)
     sweep_dir = plan.spec.sweep_dir()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}

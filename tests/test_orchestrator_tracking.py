@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,43 +12,12 @@ import pytest
 from orchestrator import sweep_dir as record
 from orchestrator import tracking
 from orchestrator.cli import main as cli_main
-from orchestrator.expand import load_sweep
-
-SWEEP = """\
-name: t
-base:
-  dataset: {n: 300, image_size: 24}
-  backbone: {name: test_resnet}
-  epochs: 2
-grid:
-  seed: [0, 1, 2]
-  method.cost: [none, circumplex]
-storage: STORAGE
-"""
+from tests.support.finished_trials import finish_trial, small_plan
 
 
 @pytest.fixture
 def plan(tmp_path):
-    path = tmp_path / "s.yaml"
-    path.write_text(SWEEP.replace("STORAGE", str(tmp_path / "runs")))
-    return load_sweep(path)
-
-
-def fake_result(t, p_mtl: float, sweep: str = "t") -> dict:
-    return {"trial_id": t.trial_id, "sweep": sweep, "seed": t.seed, "status": "done", **t.axes,
-            "p_mtl": p_mtl, "expr_f1": p_mtl / 2, "expr_f1/Anger": 0.1, "error_severity": float("nan"),
-            "epochs": 2, "train_seconds": 1.5, "data_order_hash": f"h{t.seed}"}
-
-
-def finish(sweep_dir: Path, t, p_mtl: float) -> dict:
-    """What a finished trial leaves in its directory."""
-    tdir = record.trial_dir(sweep_dir, t.trial_id)
-    result = fake_result(t, p_mtl)
-    record.write_json(tdir / "result.json", result)
-    record.write_json(tdir / "history.json", [{"epoch": 1, "p_mtl": p_mtl / 2}, {"epoch": 2, "p_mtl": p_mtl}])
-    for name in ("confusion.json", "circumplex.json"):
-        record.write_json(tdir / name, {})
-    return result
+    return small_plan(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +72,7 @@ def test_trial_logging_never_repeats_an_epoch(plan, tmp_path, tracker):
     tracking.log_epoch(c, run_id, 1, {"epoch": 1, "p_mtl": 0.1, "train/loss": 2.0, "note": "x"})
     assert tracking.last_logged_epoch(c, run_id) == 1
     sweep_dir = tmp_path / "runs" / "t"
-    result = finish(sweep_dir, t, 0.4)
+    result = finish_trial(sweep_dir, t, 0.4)
     history = record.read_json(record.trial_dir(sweep_dir, t.trial_id) / "history.json")
     # a trial restarted from scratch re-reports epoch 1: only epoch 2 and the final metrics are new
     tracking.log_trial_result(c, run_id, record.trial_dir(sweep_dir, t.trial_id), result, history=history)
@@ -126,7 +94,7 @@ def test_summary_per_condition_mean_std_n(plan, tmp_path, tracker):
     values = {}
     for i, t in enumerate(plan.trials[:5]):  # the last circumplex seed has not finished
         values[t.trial_id] = 0.1 * (i + 1)
-        finish(sweep_dir, t, values[t.trial_id])
+        finish_trial(sweep_dir, t, values[t.trial_id])
     tracking.refresh_summaries(plan, sweep_dir, tracker)
     summaries = tracker.runs("summary")
     assert len(summaries) == 2
@@ -148,7 +116,7 @@ def test_summary_per_condition_mean_std_n(plan, tmp_path, tracker):
     circ = next(r for r in summaries if r.data.tags["affsweep.condition"] == "method.cost=circumplex")
     tracking.refresh_summaries(plan, sweep_dir, tracker)
     assert len(tracker.client.get_metric_history(circ.info.run_id, "p_mtl/mean")) == 1
-    finish(sweep_dir, plan.trials[5], 0.9)
+    finish_trial(sweep_dir, plan.trials[5], 0.9)
     tracking.refresh_summaries(plan, sweep_dir, tracker)
     assert len(tracker.runs("summary")) == 2
     history = tracker.client.get_metric_history(circ.info.run_id, "p_mtl/n")
@@ -159,8 +127,8 @@ def test_summary_per_condition_mean_std_n(plan, tmp_path, tracker):
 def test_results_table_rows_columns_and_failures(plan, tmp_path):
     sweep_dir = tmp_path / "runs" / "t"
     sweep_dir.mkdir(parents=True)
-    finish(sweep_dir, plan.trials[0], 0.3)
-    finish(sweep_dir, plan.trials[3], 0.5)
+    finish_trial(sweep_dir, plan.trials[0], 0.3)
+    finish_trial(sweep_dir, plan.trials[3], 0.5)
     record.update_state(record.trial_dir(sweep_dir, plan.trials[1].trial_id), status="failed",
                         error="NonFiniteLossError: non-finite loss at epoch 1")
     record.update_state(record.trial_dir(sweep_dir, plan.trials[2].trial_id), status="running", attempt=1)
@@ -193,7 +161,7 @@ def test_the_result_row_is_the_plans_sweep_seed_and_axes_then_the_stored_metrics
 
 def test_status_counts_per_condition(plan, tmp_path, capsys):
     sweep_dir = tmp_path / "runs" / "t"
-    finish(sweep_dir, plan.trials[0], 0.3)
+    finish_trial(sweep_dir, plan.trials[0], 0.3)
     record.update_state(record.trial_dir(sweep_dir, plan.trials[1].trial_id), status="failed", error="boom")
     record.update_state(record.trial_dir(sweep_dir, plan.trials[2].trial_id), status="running", attempt=1)
     (sweep_dir / "sweep.yaml").write_text(plan.source.text)
@@ -296,7 +264,7 @@ def test_lost_replies_to_the_final_result_land_it_once(plan, tmp_path, tracker):
     t = plan.trials[0]
     run_id = tracker.ensure_trial_run(t, {})
     sweep_dir = tmp_path / "runs" / "t"
-    result = finish(sweep_dir, t, 0.4)
+    result = finish_trial(sweep_dir, t, 0.4)
     tdir = record.trial_dir(sweep_dir, t.trial_id)
     history = record.read_json(tdir / "history.json")
     # every kind of write loses its reply once: each time the whole result is sent again

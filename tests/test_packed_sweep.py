@@ -8,55 +8,38 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import yaml
 
 from orchestrator import sweep_dir as record
 from orchestrator.console import LiveView
 from orchestrator.expand import load_sweep
-from orchestrator.packed_trainable import pack_trials
+from orchestrator.packing import pack_trials
 from orchestrator.spec import ConfigError
-
-SWEEP = """\
-name: packed
-base:
-  dataset: {{name: synthetic, preset: affwild2_like, n: 600, image_size: 32}}
-  backbone: {{name: test_resnet}}
-  epochs: 2
-  batch_size: 32
-  warmup_epochs: 0
-  unfreeze_fraction: 1.0
-  eval_batch_size: 128
-grid:
-  seed: {seeds}
-  method.cost: {costs}
-resources: {{cpu: 1}}
-failure: {{max_retries: 1}}
-tracking: {{uri: {uri}, experiment: {experiment}}}
-storage: {storage}
-{pack}
-"""
+from tests.support.sweeps import sweep_yaml
 
 
-def write(tmp_path, name="s.yaml", seeds="[0, 1, 2, 3]", costs="[none]", pack="", uri="local",
+def write(tmp_path, name="s.yaml", seeds=(0, 1, 2, 3), costs=("none",), pack=None, uri="local",
           experiment="packed", storage=None):
-    path = tmp_path / name
-    path.write_text(SWEEP.format(seeds=seeds, costs=costs, pack=pack, uri=uri, experiment=experiment,
-                                 storage=storage or tmp_path / "runs"))
-    return path
+    """The tiny sweep at 32 px, ``costs`` x ``seeds``, every epoch not evaluated (the last only)."""
+    return sweep_yaml(tmp_path / name, name="packed", storage=storage or tmp_path / "runs", uri=uri,
+                      experiment=experiment, grid={"seed": list(seeds), "method.cost": list(costs)},
+                      base={"dataset": {"image_size": 32}}, eval_every=None, analysis={"exploratory": ["p_mtl"]},
+                      extra={"pack": pack} if pack is not None else None)
 
 
 # --- fast: grouping and validation --------------------------------------------------------------------
 
 def test_packs_group_seeds_of_one_condition_and_keep_trial_ids(tmp_path):
-    plain = load_sweep(write(tmp_path, "a.yaml", seeds="[0, 1, 2, 3, 4]", costs="[none, uniform]"))
-    plan = load_sweep(write(tmp_path, "b.yaml", seeds="[0, 1, 2, 3, 4]", costs="[none, uniform]", pack="pack: 2"))
+    plain = load_sweep(write(tmp_path, "a.yaml", seeds=range(5), costs=("none", "uniform")))
+    plan = load_sweep(write(tmp_path, "b.yaml", seeds=range(5), costs=("none", "uniform"), pack=2))
     assert [t.trial_id for t in plan.trials] == [t.trial_id for t in plain.trials]  # placement only
     packs = pack_trials(plan.trials, plan.spec.pack, plan.axes)
     # per cost, seeds in plan order, at most 2 a pack: [0 1] [2 3] [4] for each of the two costs
     assert [[(t.axes["method.cost"], t.seed) for t in p] for p in packs] == [
         [("none", 0), ("none", 1)], [("uniform", 0), ("uniform", 1)], [("none", 2), ("none", 3)],
         [("uniform", 2), ("uniform", 3)], [("none", 4)], [("uniform", 4)]]
-    both = load_sweep(write(tmp_path, "c.yaml", seeds="[0, 1, 2, 3, 4]", costs="[none, uniform]",
-                            pack="pack: {size: 4, by: [seed, method.cost]}"))
+    both = load_sweep(write(tmp_path, "c.yaml", seeds=range(5), costs=("none", "uniform"),
+                            pack={"size": 4, "by": ["seed", "method.cost"]}))
     packs = pack_trials(both.trials, both.spec.pack, both.axes)
     assert [len(p) for p in packs] == [4, 4, 2]
     assert sorted(t.trial_id for p in packs for t in p) == sorted(t.trial_id for t in both.trials)
@@ -71,11 +54,15 @@ def test_packs_group_seeds_of_one_condition_and_keep_trial_ids(tmp_path):
     ("pack: {size: 2, bye: [seed]}", "pack.bye", 'unknown key (did you mean "by"?)'),
 ])
 def test_a_bad_pack_setting_is_one_line_naming_file_line_and_key(tmp_path, pack, line, message):
-    path = write(tmp_path, pack=pack)
+    path = write(tmp_path, pack=yaml.safe_load(pack)["pack"])
+    written = path.read_text().splitlines()
+    at = next(i for i, text in enumerate(written, 1) if text.startswith("pack:"))
+    key = next(k for k in reversed(line.split(".")) if not k.isdigit())  # the key whose line it names
+    at = next((i for i, text in enumerate(written[at:], at + 1) if text.strip().startswith(f"{key}:")), at)
     with pytest.raises(ConfigError) as e:
         load_sweep(path)
     text = str(e.value)
-    assert text.startswith(f"{path}:17: {line}: ") and message in text and "\n" not in text
+    assert text.startswith(f"{path}:{at}: {line}: ") and message in text and "\n" not in text
 
 
 def test_packing_by_seed_needs_a_seed_axis(tmp_path):
@@ -114,7 +101,7 @@ def test_a_packed_sweep_gives_each_trial_what_the_unpacked_sweep_gives(tmp_path,
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
     server = mlflow_http  # the session's (conftest); an experiment per kind
     plans = {kind: load_sweep(write(tmp_path, f"{kind}.yaml", uri=server.uri, experiment=kind,
-                                    storage=tmp_path / kind, pack="pack: 4" if kind == "packed" else ""))
+                                    storage=tmp_path / kind, pack=4 if kind == "packed" else None))
              for kind in ("unpacked", "packed")}
     ids = [t.trial_id for t in plans["packed"].trials]
     assert ids == [t.trial_id for t in plans["unpacked"].trials] and len(ids) == 4

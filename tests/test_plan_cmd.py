@@ -23,7 +23,8 @@ from orchestrator import sweep_dir as record
 from orchestrator.cli import main as cli
 from orchestrator.expand import load_sweep
 from orchestrator.until_decided import run_until_decided
-from tests.fake_sweep import write_demo_sweep
+from tests.support.fake_sweep import write_demo_sweep
+from tests.support.sweeps import CIRCUMPLEX_VS_NONE, sweep_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = {"dataset": {"name": "synthetic", "preset": "affwild2_like", "n": 600, "image_size": 32},
@@ -230,29 +231,6 @@ def test_a_failed_look_stops_the_loop(tmp_path):
 
 # --- end to end, through Ray Tune and MLflow (slow) --------------------------------------------------
 
-E2E = """\
-name: until-decided
-base:
-  dataset: {{name: synthetic, preset: affwild2_like, n: 300, image_size: 24}}
-  backbone: {{name: test_resnet}}
-  epochs: 1
-  batch_size: 32
-  warmup_epochs: 0
-  unfreeze_fraction: 1.0
-  eval_batch_size: 128
-grid:
-  seed: [2, 0, 1]
-  method.cost: [none, circumplex]
-resources: {{cpu: 1}}
-failure: {{max_retries: 1}}
-tracking: {{uri: {uri}, experiment: until-decided}}
-analysis:
-  primary: [{{contrast: [{{method.cost: circumplex}}, {{method.cost: none}}], metric: p_mtl}}]
-  exploratory: [p_mtl]
-  looks: [2, 3]
-  spending: pocock
-storage: {storage}
-"""
 
 
 @pytest.mark.slow
@@ -267,7 +245,11 @@ def test_until_decided_end_to_end(tmp_path, ray_local, mlflow_http, monkeypatch)
     monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     server = mlflow_http  # the session's Ray and MLflow server (conftest)
     path = tmp_path / "until.yaml"
-    path.write_text(E2E.format(uri=server.uri, storage=tmp_path / "runs"))
+    # seeds in the order a sequential design runs them: look 1 is seeds 2 and 0
+    sweep_yaml(path, name="until-decided", storage=tmp_path / "runs", uri=server.uri, epochs=1, eval_every=None,
+               base={"dataset": {"n": 300}}, grid={"seed": [2, 0, 1], "method.cost": ["none", "circumplex"]},
+               analysis={"primary": [CIRCUMPLEX_VS_NONE], "exploratory": ["p_mtl"], "looks": [2, 3],
+                         "spending": "pocock"})
     plan = load_sweep(path)
     sweep_dir = plan.spec.sweep_dir()
     said: list[str] = []

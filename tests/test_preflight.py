@@ -2,7 +2,7 @@
 before anything starts — nothing is left behind (no sweep directory, no runs/, no MLflow store, no Ray).
 
 Table-driven: every case writes its input under ``tmp_path`` (sweep YAML, trial YAML, dataset trees in
-the official layouts from ``tests/fixtures_datasets.py``, checkpoints, results files), runs
+the official layouts from ``tests/support/datasets.py``, checkpoints, results files), runs
 ``orchestrator.cli.main`` in-process with the working directory at ``tmp_path``, and compares the
 directory listing before and after. A few cases also run as a subprocess and without ``--dry-run``.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_datasets import make_affectnet_tree, make_affwild2_tree, make_rafdb_tree, replace_line
 
 from orchestrator.cli import main as cli_main
+from tests.support.datasets import make_affectnet_tree, make_affwild2_tree, make_rafdb_tree, replace_line
 
 REPO = Path(__file__).resolve().parent.parent
 

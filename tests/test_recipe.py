@@ -212,8 +212,7 @@ def test_schedule_warmup_freezes_the_encoder_then_only_the_upper_half_moves_at_f
 def test_every_k_subsamples_affwild2_training_only(tmp_path):
     """The official protocol scores every validation frame (docs/methods.md §3): ``every_k`` thins the
     training split; the validation split is thinned only by the explicit ``val_every_k``."""
-    from fixtures_datasets import make_affwild2_tree
-
+    from tests.support.datasets import make_affwild2_tree
     from trainers.config import DatasetConfig
     from trainers.data.affwild2 import load_affwild2
     from trainers.data.pipeline import load_split

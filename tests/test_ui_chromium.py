@@ -23,9 +23,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_cluster_multinode import free_ports
 
 from orchestrator.mlflow_ui import landing_url, save_view, view_key
+from tests.support.services import free_ports
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
@@ -135,7 +135,8 @@ def test_mlflow_ui_opens_on_the_summary_runs_and_their_means(tmp_path):
 def long_label_sweep(tmp_path: Path) -> Path:
     import pandas as pd
     import yaml
-    from test_analysis_report import build_sweep
+
+    from tests.support.hand_sweep import build_sweep
 
     sweep = build_sweep(tmp_path / "hand")
     # long axis values (as real backbones and presets have) make the condition labels and tables wide
